@@ -1,0 +1,164 @@
+"""The MQTT edge shared by the services: MQTT 5, persistent sessions, manual acks, TCP_NODELAY, and
+resubscribe-on-every-connect with the broker's SUBACK checked (a lost session must not go unnoticed)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    def redacted(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def parse_url(url: str) -> MqttTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError("MQTT URL must start with mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return MqttTarget(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+def _nodelay(client: mqtt.Client, userdata: object, sock: socket.socket | object) -> None:
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    elif hasattr(sock, "setsockopt"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def make_client(
+    url: str,
+    client_id: str,
+    *,
+    persistent: bool = False,
+    session_expiry_s: int = 7 * 24 * 3600,
+    receive_maximum: int | None = None,
+    manual_ack: bool = False,
+    ca_file: str | None = None,
+    will: tuple[str, bytes, int, bool] | None = None,
+    keepalive: int = 30,
+) -> tuple[mqtt.Client, Properties, MqttTarget]:
+    """Build a paho MQTT 5 client; returns it with its CONNECT properties (pass to connect())."""
+    target = parse_url(url)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        ctx = ssl.create_default_context(cafile=ca_file)
+        client.tls_set_context(ctx)
+    if will is not None:
+        client.will_set(*will)
+    client.on_socket_open = _nodelay
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    props = Properties(PacketTypes.CONNECT)
+    if persistent:
+        props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum:
+        props.ReceiveMaximum = receive_maximum
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    return client, props, target
+
+
+class Subscriber:
+    """A persistent-session consumer that (re)subscribes on every connect and checks the SUBACKs.
+
+    ``on_message`` runs on paho's network thread; the owner acks with :meth:`ack` once durable.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]],
+        on_message: Callable[[mqtt.MQTTMessage], None],
+        *,
+        session_expiry_s: int = 7 * 24 * 3600,
+        receive_maximum: int = 4096,
+        ca_file: str | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        self.client, self._props, self.target = make_client(
+            url, client_id, persistent=True, session_expiry_s=session_expiry_s,
+            receive_maximum=receive_maximum, manual_ack=True, ca_file=ca_file, keepalive=keepalive,
+        )
+        self._subs = list(subscriptions)
+        self._keepalive = keepalive
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.connects = 0
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = lambda _c, _u, msg: on_message(msg)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, props: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("mqtt %s: connect refused: %s", self.target.redacted(), reason)
+            return
+        self.connects += 1
+        log.info("mqtt %s: connected (session present: %s)", self.target.redacted(), flags.session_present)
+        self.connected.set()
+        # Always resubscribe: the broker may have lost the session (expiry, restart without persistence).
+        client.subscribe([(topic, mqtt.SubscribeOptions(qos=qos)) for topic, qos in self._subs])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                      reasons: list[ReasonCode], props: Properties | None) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("mqtt: subscription refused by broker: %s", ", ".join(failed))
+        else:
+            self.subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason: ReasonCode, props: Properties | None) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        log.warning("mqtt %s: disconnected (%s); paho reconnects", self.target.redacted(), reason)
+
+    def start(self) -> None:
+        self.client.connect_async(self.target.host, self.target.port, keepalive=self._keepalive,
+                                  clean_start=False, properties=self._props)
+        self.client.loop_start()
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        if message.qos > 0:
+            self.client.ack(message.mid, message.qos)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
