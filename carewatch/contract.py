@@ -92,6 +92,10 @@ Timestamp = Annotated[
 ]
 Seq = Annotated[int, Field(ge=0, le=2**53, description="Per-device message counter; may reset on reboot.")]
 Room = Annotated[str, Field(min_length=1, max_length=64, description="Room name, e.g. 'bathroom'.")]
+DeviceId = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Optional echo of the sender's id; must match the topic."),
+]
 
 
 class _Strict(BaseModel):
@@ -109,6 +113,7 @@ class Sample(_Strict):
 
     ts: Timestamp
     seq: Seq
+    device_id: DeviceId | None = None
     hr: int | None = Field(default=None, ge=20, le=250, description="Heart rate, beats per minute.")
     spo2: int | None = Field(default=None, ge=50, le=100, description="Blood oxygen saturation, %.")
     battery: int | None = Field(default=None, ge=0, le=100, description="Battery charge, %.")
@@ -124,6 +129,7 @@ class TelemetryBatch(_Strict):
     """Store-and-forward: readings kept while offline, sent together; late and out of order is normal."""
 
     samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES)
+    device_id: DeviceId | None = None
 
 
 EventType = Literal["fall", "sos", "cancel", "removed", "worn", "test", "service"]
@@ -135,6 +141,7 @@ ServiceCategory = Literal[
 class Event(_Strict):
     ts: Timestamp
     seq: Seq
+    device_id: DeviceId | None = None
     type: EventType
     confidence: float | None = Field(default=None, ge=0, le=1, description="Detector confidence.")
     ref_seq: Seq | None = Field(default=None, description="For 'cancel': the seq of the fall/SOS it cancels.")
@@ -153,6 +160,7 @@ class Status(_Strict):
     """Retained presence; ts/seq are optional because the Last Will is fixed at connect time."""
 
     online: bool
+    device_id: DeviceId | None = None
     ts: Timestamp | None = None
     seq: Seq | None = None
     fw: str | None = Field(default=None, max_length=64, description="Firmware version.")
@@ -222,6 +230,15 @@ def parse(topic_name: str, payload: bytes, received_at: datetime, *, max_future_
         return Rejected(reason, detail, device_id)
     except (RecursionError, ValueError) as err:  # pathological nesting; pydantic limits depth but be sure
         return Rejected(Reason.JSON, f"payload could not be decoded: {type(err).__name__}", device_id)
+
+    if isinstance(parsed, TelemetryBatch):
+        claimed = {parsed.device_id} | {s.device_id for s in parsed.samples}
+    else:
+        claimed = {parsed.device_id}
+    claimed.discard(None)
+    if claimed and claimed != {device_id}:
+        return Rejected(Reason.DEVICE_MISMATCH, f"payload names device {sorted(claimed)[0]!r} but was published "
+                        f"on {device_id!r}'s topic", device_id)
 
     latest = received_at + timedelta(seconds=max_future_s)
     earliest = received_at - timedelta(days=max_age_days)

@@ -61,3 +61,11 @@ def test_two_hour_late_fall_is_accepted() -> None:
     body = b'{"ts": "%s", "seq": 3, "type": "fall", "confidence": 0.93}' % late.isoformat().encode()
     result = parse("care/v1/wb-1/event", body, NOW)
     assert isinstance(result, Accepted) and result.event is not None and result.event.ts == late
+
+
+def test_payload_naming_another_device_is_refused() -> None:
+    body = b'{"ts": %d, "seq": 1, "type": "sos", "device_id": "wb-2"}' % MS
+    result = parse("care/v1/wb-1/event", body, NOW)
+    assert isinstance(result, Rejected) and result.reason is Reason.DEVICE_MISMATCH
+    same = parse("care/v1/wb-1/event", body.replace(b"wb-2", b"wb-1"), NOW)
+    assert isinstance(same, Accepted)
