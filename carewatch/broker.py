@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # - set_tcp_nodelay avoids the 40 ms Nagle/delayed-ack stall per round trip.
 TUNING = """\
 max_inflight_messages 0
-max_queued_messages 0
+max_queued_messages 10000000
 max_queued_bytes 0
 set_tcp_nodelay true
 persistent_client_expiration 14d
@@ -36,7 +36,7 @@ max_packet_size 65536
 message_size_limit 0
 """
 
-SERVICE_USERS = ("carewatch-ingest", "carewatch-alerts", "carewatch-api", "carewatch-bench")
+SERVICE_USERS = ("carewatch-ingest", "carewatch-alerts", "carewatch-api", "carewatch-bench", "carewatch-svc")
 
 
 def mosquitto_binary() -> str | None:
@@ -163,11 +163,13 @@ class ManagedBroker:
                 if not path.exists():
                     write_atomic(path, "")
         conf = self.data_dir / "mosquitto.conf"
-        conf.write_text(render_config(port=self.port, data_dir=self.data_dir, auth=self.auth,
-                                      pid_file=self.pid_file))
+        conf.write_text(
+            render_config(port=self.port, data_dir=self.data_dir, auth=self.auth, pid_file=self.pid_file)
+        )
         log_file = open(self.data_dir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log_file, stderr=log_file,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=log_file, stderr=log_file, start_new_session=True
+        )
         log_file.close()
         _wait_port(self.port, self.process)
         log.info("broker: mosquitto on 127.0.0.1:%d, data in %s", self.port, self.data_dir)

@@ -36,8 +36,12 @@ def _prepare(settings: Settings, *, migrate_db: bool = True):  # type: ignore[no
     assert runtime.settings.database_url
     if migrate_db:
         store = migrate(runtime.settings.database_url)
-        log.info("storage: %s", "TimescaleDB hypertables" if store == "timescaledb"
-                 else "plain PostgreSQL tables (TimescaleDB not available)")
+        log.info(
+            "storage: %s",
+            "TimescaleDB hypertables"
+            if store == "timescaledb"
+            else "plain PostgreSQL tables (TimescaleDB not available)",
+        )
     return runtime
 
 
@@ -84,8 +88,10 @@ def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
+    import psycopg
+    from psycopg.rows import dict_row
+
     from api.users import create_admin
-    from carewatch.db import connect
 
     password = args.password or os.environ.get("CAREWATCH_ADMIN_PASSWORD")
     if args.password_stdin:
@@ -95,7 +101,7 @@ def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     runtime = _prepare(settings)
     assert runtime.settings.database_url
-    with connect(runtime.settings.database_url) as conn:
+    with psycopg.connect(runtime.settings.database_url, row_factory=dict_row) as conn:
         create_admin(conn, args.username, password, reset=args.reset)
         conn.commit()
     print(f"admin account {args.username!r} is ready")
@@ -105,8 +111,13 @@ def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from carewatch.demo import run_demo
 
-    return run_demo(settings, residents=args.residents, port=args.port, duration_s=args.duration,
-                    incident_every_s=args.incident_every)
+    return run_demo(
+        settings,
+        residents=args.residents,
+        port=args.port,
+        duration_s=args.duration,
+        incident_every_s=args.incident_every,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,19 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env CAREWATCH_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace, Settings], int], help_text: str
-            ) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace, Settings], int], help_text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
 
-    demo = add("demo", cmd_demo, "Run everything in one process with a simulated fleet, and print the URL "
-               "and demo logins.")
+    demo = add(
+        "demo",
+        cmd_demo,
+        "Run everything in one process with a simulated fleet, and print the URL and demo logins.",
+    )
     demo.add_argument("--residents", type=int, default=12, help="simulated residents (default 12)")
     demo.add_argument("--port", type=int, default=None, help="API port (default 8000)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument("--incident-every", type=float, default=90.0,
-                      help="seconds between scripted incidents (falls, SOS, ...); 0 for none")
+    demo.add_argument(
+        "--incident-every",
+        type=float,
+        default=90.0,
+        help="seconds between scripted incidents (falls, SOS, ...); 0 for none",
+    )
     add("ingest", cmd_ingest, "Consume device telemetry over MQTT and store it (ack after commit).")
     add("alerts", cmd_alerts, "Run the alert engine and the hotline queue's timers (escalation, claims).")
     api = add("api", cmd_api, "Serve the HTTP API, the live feed, the operator console and family page.")
@@ -145,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - the simulator ships with the package
         pass
     add("migrate", cmd_migrate, "Apply database migrations (also done at every service start).")
-    admin = add("create-admin", cmd_create_admin,
-                "Create the first admin account non-interactively (password from stdin or "
-                "CAREWATCH_ADMIN_PASSWORD).")
+    admin = add(
+        "create-admin",
+        cmd_create_admin,
+        "Create the first admin account non-interactively (password from stdin or CAREWATCH_ADMIN_PASSWORD).",
+    )
     admin.add_argument("username")
     admin.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     admin.add_argument("--password", default=None, help=argparse.SUPPRESS)

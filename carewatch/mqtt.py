@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,41 @@ def parse_url(url: str) -> MqttTarget:
     )
 
 
+class BufferedClient(mqtt.Client):
+    """paho reads each packet header one byte per recv() and one packet per select(); draining a backlog
+    of small QoS 1 messages then costs most of a core in syscalls. This reads 256 KiB at a time and
+    drains every complete packet already buffered before going back to select()."""
+
+    _RECV = 256 * 1024
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._rbuf = b""
+        self._rpos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(self._RECV)
+            if not data:
+                return data
+            self._rbuf, self._rpos = data, 0
+        chunk = self._rbuf[self._rpos : self._rpos + bufsize]
+        self._rpos += len(chunk)
+        return chunk
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0
+        return super().reconnect()
+
+
 def _nodelay(client: mqtt.Client, userdata: object, sock: socket.socket | object) -> None:
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    elif hasattr(sock, "setsockopt"):
+    if isinstance(sock, socket.socket) or hasattr(sock, "setsockopt"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -68,7 +100,7 @@ def make_client(
 ) -> tuple[mqtt.Client, Properties, MqttTarget]:
     """Build a paho MQTT 5 client; returns it with its CONNECT properties (pass to connect())."""
     target = parse_url(url)
-    client = mqtt.Client(
+    client = BufferedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
@@ -83,7 +115,7 @@ def make_client(
         client.will_set(*will)
     client.on_socket_open = _nodelay
     client.reconnect_delay_set(min_delay=1, max_delay=10)
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         props.SessionExpiryInterval = session_expiry_s
     if receive_maximum:
@@ -112,21 +144,34 @@ class Subscriber:
         keepalive: int = 30,
     ) -> None:
         self.client, self._props, self.target = make_client(
-            url, client_id, persistent=True, session_expiry_s=session_expiry_s,
-            receive_maximum=receive_maximum, manual_ack=True, ca_file=ca_file, keepalive=keepalive,
+            url,
+            client_id,
+            persistent=True,
+            session_expiry_s=session_expiry_s,
+            receive_maximum=receive_maximum,
+            manual_ack=True,
+            ca_file=ca_file,
+            keepalive=keepalive,
         )
         self._subs = list(subscriptions)
         self._keepalive = keepalive
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.connects = 0
+        self._next_attempt = 0.0
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda _c, _u, msg: on_message(msg)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason: ReasonCode, props: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
         if reason.is_failure:
             log.error("mqtt %s: connect refused: %s", self.target.redacted(), reason)
             return
@@ -134,26 +179,77 @@ class Subscriber:
         log.info("mqtt %s: connected (session present: %s)", self.target.redacted(), flags.session_present)
         self.connected.set()
         # Always resubscribe: the broker may have lost the session (expiry, restart without persistence).
-        client.subscribe([(topic, mqtt.SubscribeOptions(qos=qos)) for topic, qos in self._subs])
+        client.subscribe([(topic, SubscribeOptions(qos=qos)) for topic, qos in self._subs])
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                      reasons: list[ReasonCode], props: Properties | None) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        props: Properties | None,
+    ) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             log.error("mqtt: subscription refused by broker: %s", ", ".join(failed))
         else:
             self.subscribed.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                       reason: ReasonCode, props: Properties | None) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
         self.connected.clear()
         self.subscribed.clear()
         log.warning("mqtt %s: disconnected (%s); paho reconnects", self.target.redacted(), reason)
 
     def start(self) -> None:
-        self.client.connect_async(self.target.host, self.target.port, keepalive=self._keepalive,
-                                  clean_start=False, properties=self._props)
+        self.client.connect_async(
+            self.target.host,
+            self.target.port,
+            keepalive=self._keepalive,
+            clean_start=False,
+            properties=self._props,
+        )
         self.client.loop_start()
+
+    def connect(self) -> None:
+        """Single-threaded mode: connect now (retrying), then call :meth:`pump` from the owner's loop."""
+        self.client.connect_async(
+            self.target.host,
+            self.target.port,
+            keepalive=self._keepalive,
+            clean_start=False,
+            properties=self._props,
+        )
+        self._next_attempt = 0.0
+        self._reconnect()
+
+    def _reconnect(self) -> None:
+        import time
+
+        if time.monotonic() < self._next_attempt:
+            return
+        self._next_attempt = time.monotonic() + 1.0
+        try:
+            self.client.reconnect()
+        except OSError as exc:
+            log.warning("mqtt %s: cannot connect (%s); retrying", self.target.redacted(), exc)
+
+    def pump(self, timeout: float) -> None:
+        """Run the network loop once: read what is there, send acks, keep the connection alive."""
+        import time
+
+        rc = self.client.loop(timeout)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            self.connected.clear()
+            self._reconnect()
+            if not self.client.is_connected():
+                time.sleep(min(timeout, 0.2))
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
         if message.qos > 0:
@@ -161,4 +257,7 @@ class Subscriber:
 
     def stop(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        if self.client._thread is not None:
+            self.client.loop_stop()
+        else:
+            self.client.loop(0.1)

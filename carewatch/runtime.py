@@ -26,9 +26,7 @@ class Runtime:
     service_password: str | None = None
 
     def service_accounts(self) -> dict[str, str]:
-        if not self.service_password:
-            return {}
-        return {SERVICE_USER: hash_password(self.service_password)}
+        return service_accounts(self.settings, self.service_password)
 
 
 def _port_open(port: int) -> bool:
@@ -85,6 +83,21 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
+def service_accounts(settings: Settings, demo_password: str | None = None) -> dict[str, str]:
+    """Service users kept in the generated password file: the demo's own account, the ones in
+    broker_service_passwd_file (compose mounts it), and those already in the file."""
+    from carewatch.registry_sync import read_passwd, service_accounts_from
+
+    accounts: dict[str, str] = {}
+    if settings.broker_passwd_file:
+        accounts.update(service_accounts_from(settings.broker_passwd_file))
+    if settings.broker_service_passwd_file:
+        accounts.update(read_passwd(settings.broker_service_passwd_file))
+    if demo_password:
+        accounts[SERVICE_USER] = hash_password(demo_password)
+    return accounts
+
+
 def sync_broker(runtime: Runtime) -> None:
     """Write the managed broker's password file and ACL from the registry (plus the service account)."""
     s = runtime.settings
@@ -95,5 +108,11 @@ def sync_broker(runtime: Runtime) -> None:
 
     broker = runtime.broker
     with connect(s.database_url, autocommit=True) as conn:
-        sync(conn, s.broker_passwd_file, s.broker_acl_file, service_accounts=runtime.service_accounts(),
-             reload=broker.reload if broker and broker.process else None)
+        sync(
+            conn,
+            s.broker_passwd_file,
+            s.broker_acl_file,
+            service_accounts=runtime.service_accounts(),
+            reload=broker.reload if broker and broker.process else None,
+            pid_file=s.broker_pid_file,
+        )

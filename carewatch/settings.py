@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     max_past_age_days: int = Field(default=30, ge=1, description="Older timestamps are refused (wrong year).")
     retention_days: int = Field(default=180, ge=1, description="Raw telemetry kept this long.")
     rollup_retention_days: int = Field(default=3 * 365, ge=1)
-    metrics_port: int | None = Field(default=None, description="Serve /metrics on this port (ingest, alerts).")
+    metrics_port: int | None = Field(
+        default=None, description="Serve /metrics on this port (ingest, alerts)."
+    )
 
     # --- alert engine -----------------------------------------------------------------------
     alerts_group: str = "alerts"
@@ -76,6 +78,11 @@ class Settings(BaseSettings):
     )
     broker_acl_file: Path | None = None
     broker_pid_file: Path | None = Field(default=None, description="Sent SIGHUP to reload the broker.")
+    broker_service_passwd_file: Path | None = Field(
+        default=None,
+        description="'user:$7$hash' lines of the service accounts (carewatch-ingest/-alerts/-api), kept in "
+        "the generated password file next to the devices (compose mounts it as a secret).",
+    )
 
     # --- logging ----------------------------------------------------------------------------
     log_level: str = "INFO"

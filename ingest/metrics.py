@@ -17,10 +17,16 @@ STORED = Counter("carewatch_ingest_stored_rows", "Rows newly stored", ["kind"])
 DUPLICATES = Counter("carewatch_ingest_duplicates", "Rows already stored (redelivery, resend)")
 DEAD = Counter("carewatch_ingest_dead_lettered", "Messages dead-lettered", ["reason"])
 DB_ERRORS = Counter("carewatch_ingest_db_errors", "Failed commits (database unavailable)")
-BATCH = Histogram("carewatch_ingest_batch_size", "Messages per committed batch",
-                  buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
-COMMIT = Histogram("carewatch_ingest_commit_seconds", "Batch transaction time",
-                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+BATCH = Histogram(
+    "carewatch_ingest_batch_size",
+    "Messages per committed batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+COMMIT = Histogram(
+    "carewatch_ingest_commit_seconds",
+    "Batch transaction time",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 QUEUE_DEPTH = Gauge("carewatch_ingest_queue_depth", "Messages received but not yet committed (consumer lag)")
 
 

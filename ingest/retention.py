@@ -41,7 +41,8 @@ def apply_retention(conn: psycopg.Connection, settings: Settings, now: datetime)
                     cur = conn.execute(query("retention"), {"cutoff": cutoff, "slice": 50_000})
                 else:
                     cur = conn.execute(
-                        f"DELETE FROM {table} WHERE {column[table]} < %s", (cutoff,)  # noqa: S608 - fixed names
+                        f"DELETE FROM {table} WHERE {column[table]} < %s",
+                        (cutoff,),
                     )
                 total += cur.rowcount
                 if table != "telemetry" or cur.rowcount < 50_000:

@@ -1,6 +1,7 @@
 """The ingest loop: MQTT in, one transaction per batch, acks only after commit.
 
-paho's network thread only enqueues; this loop batches, validates, stores and then acks in receive order.
+One thread does everything: it pumps paho's network loop to fill a batch, stores it, then acks in receive
+order (a second thread would only fight the first for the GIL).
 On a database outage nothing is acked: the loop backs off and retries the same batch while the broker
 holds the rest of the session's backlog. A batch the database refuses for its content is split until the
 poison message is found and dead-lettered, so one bad row never stalls the stream.
@@ -8,10 +9,11 @@ poison message is found and dead-lettered, so one bad row never stalls the strea
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,7 +77,7 @@ class Ingest:
         self.settings = settings
         self.database_url = database_url
         self.mqtt_url = mqtt_url
-        self.inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
+        self.inbox: deque[mqtt.MQTTMessage] = deque()
         self.registry = Registry()
         self.retention = RetentionJob(settings)
         self.conn: psycopg.Connection[Any] | None = None
@@ -83,7 +85,7 @@ class Ingest:
             mqtt_url,
             f"{settings.mqtt_client_id_prefix}-ingest-{settings.ingest_worker_id}",
             subscriptions(settings.ingest_group),
-            self.inbox.put,
+            self.inbox.append,
             session_expiry_s=settings.mqtt_session_expiry_s,
             receive_maximum=settings.mqtt_receive_maximum,
             ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
@@ -99,40 +101,46 @@ class Ingest:
 
     def _drop_conn(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self.conn.close()
-            except psycopg.Error:
-                pass
         self.conn = None
 
     # --- batching --------------------------------------------------------------------------
     def _take_batch(self, stop: threading.Event) -> list[mqtt.MQTTMessage]:
-        batch: list[mqtt.MQTTMessage] = []
-        try:
-            batch.append(self.inbox.get(timeout=0.2))
-        except queue.Empty:
-            return batch
-        deadline = time.monotonic() + self.settings.ingest_batch_wait_ms / 1000
+        """Pump the network until a full batch is held or the oldest message has waited long enough."""
         limit = self.settings.ingest_batch_max
-        while len(batch) < limit:
-            try:
-                batch.append(self.inbox.get_nowait())
+        wait = self.settings.ingest_batch_wait_ms / 1000
+        started: float | None = None
+        while not stop.is_set():
+            self.subscriber.pump(0.0 if self.inbox else 0.1)
+            if not self.inbox:
                 continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop.is_set():
+            if started is None:
+                started = time.monotonic()
+            if len(self.inbox) >= limit or time.monotonic() - started >= wait:
                 break
-            try:
-                batch.append(self.inbox.get(timeout=remaining))
-            except queue.Empty:
-                break
-        return batch
+            if wait:
+                self.subscriber.pump(min(wait, 0.005))
+        n = min(limit, len(self.inbox))
+        return [self.inbox.popleft() for _ in range(n)]
+
+    def _hold(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait without acking, keeping the MQTT connection alive; True if asked to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if stop.is_set():
+                return True
+            self.subscriber.pump(min(0.1, max(0.0, deadline - time.monotonic())))
+        return stop.is_set()
 
     def _rows(self, conn: psycopg.Connection[Any], raws: list[Raw]) -> Rows:
         devices = self.registry.resolve(conn, device_ids(raws))
-        return classify(raws, devices, max_future_s=self.settings.max_future_skew_s,
-                        max_age_days=self.settings.max_past_age_days)
+        return classify(
+            raws,
+            devices,
+            max_future_s=self.settings.max_future_skew_s,
+            max_age_days=self.settings.max_past_age_days,
+        )
 
     def _commit(self, raws: list[Raw]) -> Stored:
         conn = self._db()
@@ -152,21 +160,53 @@ class Ingest:
         except psycopg.Error as exc:
             if len(raws) == 1:
                 raw = raws[0]
-                log.warning("ingest: database refused one message on %s: %s", raw.topic[:120],
-                            type(exc).__name__)
+                log.warning(
+                    "ingest: database refused one message on %s: %s", raw.topic[:120], type(exc).__name__
+                )
                 conn = self._db()
                 with conn.transaction():
-                    store(conn, Rows(dead=[dead_row(raw, Reason.DB_REJECTED, str(exc).splitlines()[0][:300],
-                                                    device_ids([raw]).pop() if device_ids([raw]) else None)]))
+                    store(
+                        conn,
+                        Rows(
+                            dead=[
+                                dead_row(
+                                    raw,
+                                    Reason.DB_REJECTED,
+                                    str(exc).splitlines()[0][:300],
+                                    device_ids([raw]).pop() if device_ids([raw]) else None,
+                                )
+                            ]
+                        ),
+                    )
                 metrics.DEAD.labels(reason=Reason.DB_REJECTED).inc()
                 return Stored(0, 0, 0, 0, 0, 1)
             mid = len(raws) // 2
             a = self._commit_isolating(raws[:mid])
             b = self._commit_isolating(raws[mid:])
-            return Stored(*(x + y for x, y in zip(
-                (a.telemetry_rows, a.telemetry_inserted, a.events_rows, a.events_inserted, a.statuses, a.dead),
-                (b.telemetry_rows, b.telemetry_inserted, b.events_rows, b.events_inserted, b.statuses, b.dead),
-                strict=True)))
+            return Stored(
+                *(
+                    x + y
+                    for x, y in zip(
+                        (
+                            a.telemetry_rows,
+                            a.telemetry_inserted,
+                            a.events_rows,
+                            a.events_inserted,
+                            a.statuses,
+                            a.dead,
+                        ),
+                        (
+                            b.telemetry_rows,
+                            b.telemetry_inserted,
+                            b.events_rows,
+                            b.events_inserted,
+                            b.statuses,
+                            b.dead,
+                        ),
+                        strict=True,
+                    )
+                )
+            )
 
     def process(self, messages: list[mqtt.MQTTMessage], stop: threading.Event) -> None:
         now = datetime.now(UTC)
@@ -180,10 +220,13 @@ class Ingest:
             except psycopg.OperationalError as exc:
                 self._drop_conn()
                 metrics.DB_ERRORS.inc()
-                log.warning("ingest: database unavailable (%s); holding %d acks, retry in %.1fs",
-                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-                            len(raws), delay)
-                if stop.wait(delay):
+                log.warning(
+                    "ingest: database unavailable (%s); holding %d acks, retry in %.1fs",
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                    len(raws),
+                    delay,
+                )
+                if self._hold(stop, delay):
                     return  # shutting down: unacked messages stay with the broker
                 delay = min(delay * 2, 5.0)
         for m in messages:
@@ -191,16 +234,21 @@ class Ingest:
         metrics.ACKED.inc(len(messages))
 
     def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
-        self.subscriber.start()
-        log.info("ingest: worker %s consuming %s as group %r (receive maximum %d, batch <= %d)",
-                 self.settings.ingest_worker_id, self.subscriber.target.redacted(), self.settings.ingest_group,
-                 self.settings.mqtt_receive_maximum, self.settings.ingest_batch_max)
+        self.subscriber.connect()
+        log.info(
+            "ingest: worker %s consuming %s as group %r (receive maximum %d, batch <= %d)",
+            self.settings.ingest_worker_id,
+            self.subscriber.target.redacted(),
+            self.settings.ingest_group,
+            self.settings.mqtt_receive_maximum,
+            self.settings.ingest_batch_max,
+        )
         if ready:
             ready()
         try:
             while not stop.is_set():
                 batch = self._take_batch(stop)
-                metrics.QUEUE_DEPTH.set(self.inbox.qsize())
+                metrics.QUEUE_DEPTH.set(len(self.inbox))
                 if batch:
                     self.process(batch, stop)
                 self.retention.maybe_run(self.database_url)

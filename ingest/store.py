@@ -38,8 +38,9 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
         conn.execute(query("stage"))
 
 
-def _copy(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]
-          ) -> None:
+def _copy(
+    conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]
+) -> None:
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
@@ -77,8 +78,11 @@ def _first(rec: Any) -> Any:
 def lookup_devices(conn: psycopg.Connection[Any], ids: list[str]) -> dict[str, Device]:
     found: dict[str, Device] = {}
     for rec in conn.execute(query("registry"), {"ids": ids}).fetchall():
-        r = rec if isinstance(rec, dict) else dict(zip(("id", "resident_id", "kind", "enabled"), rec,
-                                                       strict=True))
+        r = (
+            rec
+            if isinstance(rec, dict)
+            else dict(zip(("id", "resident_id", "kind", "enabled"), rec, strict=True))
+        )
         found[r["id"]] = Device(r["id"], r["resident_id"], r["kind"], r["enabled"])
     return found
 

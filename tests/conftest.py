@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -114,3 +115,93 @@ def mqtt_url(broker_factory: Callable[..., ManagedBroker]) -> str:
 def uid() -> str:
     """A short unique suffix for device ids, usernames, client ids and shared-subscription groups."""
     return uuid.uuid4().hex[:10]
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (the machine's PostgreSQL binaries), so it can be stopped."""
+
+    def __init__(self, root: Path) -> None:
+        import shutil
+
+        self.root = root
+        self.port = 0
+        bindir = os.environ.get("CAREWATCH_TEST_PG_BINDIR") or _pg_bindir()
+        if bindir is None:
+            pytest.skip("no PostgreSQL server binaries (initdb/pg_ctl) on this machine")
+        self.bindir = Path(bindir)
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(root, "postgres")
+        self._run("initdb", "-D", str(root / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        subprocess.run(
+            [*self.as_user, str(self.bindir / tool), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        from carewatch.broker import free_port
+
+        if not self.port:
+            self.port = free_port()
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.root / "data"),
+            "-o",
+            opts,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+
+
+def _pg_bindir() -> str | None:
+    import glob
+    import shutil
+
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(candidate, "pg_ctl")):
+            return candidate
+    found = shutil.which("pg_ctl")
+    return str(Path(found).parent) if found else None
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="cw-pg-"))
+    os.chmod(root, 0o755)
+    server = PrivatePostgres(root)
+    server.start()
+    yield server
+    with contextlib.suppress(Exception):  # already stopped by the test
+        server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tuned_mqtt_url(broker_factory: Callable[..., ManagedBroker]) -> str:
+    """A private broker with CareWatch's tuning (carewatch.broker.TUNING): tests that queue large
+    backlogs for a stopped consumer need it, since a stock mosquitto drops past 1,000 queued messages."""
+    return broker_factory().url()

@@ -36,8 +36,15 @@ def add_resident(conn: psycopg.Connection[Any], name: str, **fields: Any) -> int
     return int(row["id"] if isinstance(row, dict) else row[0])
 
 
-def add_device(conn: psycopg.Connection[Any], device_id: str, resident_id: int | None, kind: str = "wristband",
-               *, room: str | None = None, report_interval_s: int = 60) -> None:
+def add_device(
+    conn: psycopg.Connection[Any],
+    device_id: str,
+    resident_id: int | None,
+    kind: str = "wristband",
+    *,
+    room: str | None = None,
+    report_interval_s: int = 60,
+) -> None:
     conn.execute(
         "INSERT INTO devices (id, kind, resident_id, room, report_interval_s) VALUES (%s, %s, %s, %s, %s)",
         (device_id, kind, resident_id, room, report_interval_s),
@@ -51,6 +58,7 @@ class Publisher:
         self.client, props, target = make_client(url, client_id)
         self.client.max_inflight_messages_set(1000)
         self.acked = 0
+        self.sent = 0
         self._lock = threading.Lock()
         self.client.on_publish = self._on_publish
         self.client.connect(target.host, target.port, properties=props)
@@ -60,17 +68,19 @@ class Publisher:
         with self._lock:
             self.acked += 1
 
-    def publish_all(self, messages: Iterable[tuple[str, bytes | str]], qos: int = 1, timeout: float = 120) -> int:
+    def publish_all(
+        self, messages: Iterable[tuple[str, bytes | str]], qos: int = 1, timeout: float = 120
+    ) -> int:
         sent = 0
         for topic, payload in messages:
             info = self.client.publish(topic, payload, qos=qos)
-            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                time.sleep(0.01)
+            assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed: {info.rc}"
             sent += 1
+        self.sent += sent if qos else 0
         deadline = time.monotonic() + timeout
-        while self.acked < sent and time.monotonic() < deadline:
+        while self.acked < self.sent and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert self.acked >= sent, f"broker acked {self.acked} of {sent}"
+        assert self.acked >= self.sent, f"broker acked {self.acked} of {self.sent}"
         return sent
 
     def close(self) -> None:
@@ -80,8 +90,14 @@ class Publisher:
 
 def service_env(database_url: str, mqtt_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREWATCH_")}
-    env.update({"CAREWATCH_DATABASE_URL": database_url, "CAREWATCH_MQTT_URL": mqtt_url,
-                "CAREWATCH_DATA_DIR": str(ROOT / "var" / "test" / "data"), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "CAREWATCH_DATABASE_URL": database_url,
+            "CAREWATCH_MQTT_URL": mqtt_url,
+            "CAREWATCH_DATA_DIR": str(ROOT / "var" / "test" / "data"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -90,8 +106,14 @@ def start_service(command: str, env: dict[str, str], log_path: Path) -> subproce
     """Start `carewatch <command>` as its own process, as in production."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([sys.executable, "-m", "carewatch.cli", command], env=env, stdout=out,
-                            stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "carewatch.cli", command],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     out.close()
     return proc
 
@@ -110,7 +132,9 @@ def stop_process(proc: subprocess.Popen[bytes], *, kill: bool = False, timeout: 
         proc.wait(5)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

@@ -19,7 +19,9 @@ def test_single_sample_with_epoch_ms() -> None:
 
 
 def test_store_and_forward_batch() -> None:
-    body = b'{"samples": [{"ts": "2026-12-03T19:00:00+08:00", "seq": 1, "spo2": 97}, {"ts": %d, "seq": 2}]}' % MS
+    body = (
+        b'{"samples": [{"ts": "2026-12-03T19:00:00+08:00", "seq": 1, "spo2": 97}, {"ts": %d, "seq": 2}]}' % MS
+    )
     result = parse("care/v1/wb-1/telemetry", body, NOW)
     assert isinstance(result, Accepted) and len(result.samples) == 2
     assert result.samples[0].ts == datetime(2026, 12, 3, 11, 0, tzinfo=UTC)

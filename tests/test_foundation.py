@@ -48,7 +48,8 @@ def test_audit_log_is_append_only(db: psycopg.Connection, uid: str) -> None:
     rid = db.execute("INSERT INTO residents (name) VALUES (%s) RETURNING id", (f"r{uid}",)).fetchone()["id"]
     call = db.execute(
         "INSERT INTO calls (resident_id, priority, title, reason, event_at, target_at)"
-        " VALUES (%s, 1, 'Fall', 'fall', now(), now()) RETURNING id", (rid,)
+        " VALUES (%s, 1, 'Fall', 'fall', now(), now()) RETURNING id",
+        (rid,),
     ).fetchone()["id"]
     log_id = db.execute(
         "INSERT INTO call_log (call_id, actor, action) VALUES (%s, 'system', 'created') RETURNING id", (call,)

@@ -1,0 +1,287 @@
+"""The SQL edge of the alert engine: registry look-ups, locked per-resident state, and alerts → calls.
+
+Every function runs inside the caller's transaction; the caller holds the resident's engine_state row lock
+(see `lock_state`) before touching that resident's alerts, so alerts and calls for one resident are only
+ever changed by one engine worker at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from pydantic import ValidationError
+
+from alerts.models import Action, Cancel, Clear, DeviceInfo, Raise, ResidentInfo, Thresholds
+from alerts.rules import TECHNICAL, ResidentState
+from carewatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RESIDENTS_SQL = resources.files("alerts").joinpath("residents.sql").read_text("utf-8")
+_OPEN_ALERT = """SELECT a.id, a.count, a.call_id, a.details, c.status AS call_status
+                   FROM alerts a LEFT JOIN calls c ON c.id = a.call_id
+                  WHERE a.resident_id = %s AND a.rule = %s AND a.status = 'open'
+                  FOR UPDATE OF a"""
+
+
+def thresholds(raw: Any, resident_id: int) -> Thresholds:
+    """Per-resident overrides; a bad document falls back to the defaults (the API validates on write)."""
+    try:
+        return Thresholds.model_validate(raw or {})
+    except ValidationError as exc:
+        log.warning("resident %s: invalid thresholds ignored (%d errors)", resident_id, exc.error_count())
+        return Thresholds()
+
+
+def load_residents(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentInfo]:
+    out: dict[int, ResidentInfo] = {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        for row in cur.execute(_RESIDENTS_SQL, (ids,)):
+            devices = tuple(
+                DeviceInfo(d["id"], d["kind"], int(row["id"]), d.get("room"), int(d["report_interval_s"]))
+                for d in row["devices"]
+            )
+            out[int(row["id"])] = ResidentInfo(
+                resident_id=int(row["id"]),
+                timezone=row["timezone"],
+                home_lat=row["home_lat"],
+                home_lon=row["home_lon"],
+                geofence_m=float(row["geofence_m"]),
+                dementia=bool(row["dementia"]),
+                thresholds=thresholds(row["thresholds"], int(row["id"])),
+                devices=devices,
+            )
+    return out
+
+
+def device_residents(conn: psycopg.Connection[Any], device_ids: list[str]) -> dict[str, int | None]:
+    rows = conn.execute(
+        "SELECT id, resident_id FROM devices WHERE id = ANY(%s) AND enabled", (device_ids,)
+    ).fetchall()
+    found: dict[str, int | None] = {d: None for d in device_ids}
+    for device_id, resident_id in rows:
+        found[device_id] = resident_id
+    return found
+
+
+def lock_states(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentState]:
+    """Create if missing, then row-lock these residents' states until commit, in id order.
+
+    This lock is the scale-out serialisation point: a worker changes a resident's alerts only while holding
+    it. Rows are locked in resident-id order by every caller, so two workers' batches cannot deadlock.
+    """
+    ids = sorted(set(ids))
+    states = _select_for_update(conn, ids)
+    missing = [i for i in ids if i not in states]
+    if missing:  # first message for a resident: create its row, then lock it like the others
+        conn.execute(
+            """INSERT INTO engine_state (resident_id) SELECT unnest(%s::bigint[]) ORDER BY 1
+               ON CONFLICT (resident_id) DO NOTHING""",
+            (missing,),
+        )
+        states = _select_for_update(conn, ids)
+    return states
+
+
+def _select_for_update(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentState]:
+    rows = conn.execute(
+        """SELECT resident_id, state FROM engine_state WHERE resident_id = ANY(%s)
+            ORDER BY resident_id FOR UPDATE""",
+        (ids,),
+    ).fetchall()
+    return {int(r[0]): ResidentState.from_json(r[1]) for r in rows}
+
+
+def save_states(
+    conn: psycopg.Connection[Any], rows: list[tuple[int, ResidentState, datetime | None]], now: datetime
+) -> None:
+    if not rows:
+        return
+    conn.execute(
+        """UPDATE engine_state s SET state = v.state, next_due_at = v.due, updated_at = %s
+             FROM unnest(%s::bigint[], %s::jsonb[], %s::timestamptz[]) AS v (id, state, due)
+            WHERE s.resident_id = v.id""",
+        (now, [r[0] for r in rows], [Jsonb(r[1].to_json()) for r in rows], [r[2] for r in rows]),
+    )
+
+
+def mark_seen(conn: psycopg.Connection[Any], device_id: str, ts: datetime, seq: int) -> bool:
+    """True the first time an event is seen; a redelivered event returns False and must be skipped."""
+    row = conn.execute(
+        "INSERT INTO engine_seen (device_id, ts, seq) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+        (device_id, ts, seq),
+    ).fetchone()
+    return row is not None
+
+
+def discover(conn: psycopg.Connection[Any], now: datetime) -> int:
+    """Give every resident with devices a state row due now, so silence is noticed with no message at all."""
+    cur = conn.execute(
+        """INSERT INTO engine_state (resident_id, next_due_at)
+           SELECT DISTINCT d.resident_id, %s::timestamptz
+             FROM devices d JOIN residents r ON r.id = d.resident_id
+            WHERE d.enabled AND r.active
+              AND NOT EXISTS (SELECT 1 FROM engine_state s WHERE s.resident_id = d.resident_id)
+           ON CONFLICT (resident_id) DO NOTHING""",
+        (now,),
+    )
+    return cur.rowcount
+
+
+def lock_due(
+    conn: psycopg.Connection[Any], now: datetime, limit: int = 100
+) -> list[tuple[int, ResidentState]]:
+    """Due timers; rows another worker holds are skipped, it is handling them (or will, next tick)."""
+    rows = conn.execute(
+        """SELECT resident_id, state FROM engine_state WHERE next_due_at <= %s
+            ORDER BY next_due_at LIMIT %s FOR UPDATE SKIP LOCKED""",
+        (now, limit),
+    ).fetchall()
+    return [(int(r[0]), ResidentState.from_json(r[1])) for r in rows]
+
+
+def _log(
+    conn: psycopg.Connection[Any], alert_id: int, from_status: str | None, to_status: str, reason: str
+) -> None:
+    conn.execute(
+        "INSERT INTO alert_log (alert_id, from_status, to_status, reason) VALUES (%s, %s, %s, %s)",
+        (alert_id, from_status, to_status, reason[:500]),
+    )
+
+
+def _open_alert(conn: psycopg.Connection[Any], resident_id: int, rule: str) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(_OPEN_ALERT, (resident_id, rule)).fetchone()
+
+
+def apply_actions(
+    conn: psycopg.Connection[Any], resident_id: int, actions: list[Action], now: datetime, settings: Settings
+) -> None:
+    for action in actions:
+        if isinstance(action, Raise):
+            _raise(conn, resident_id, action, now, settings)
+        elif isinstance(action, Clear):
+            _clear(conn, resident_id, action, now)
+        else:
+            _cancel(conn, resident_id, action, now, settings)
+
+
+def _call(
+    conn: psycopg.Connection[Any],
+    resident_id: int,
+    alert_id: int,
+    a: Raise,
+    now: datetime,
+    settings: Settings,
+) -> None:
+    from hotline.intake import open_or_attach
+
+    open_or_attach(
+        conn,
+        resident_id=resident_id,
+        alert_id=alert_id,
+        priority=a.priority,
+        rule=a.rule,
+        title=a.title,
+        event_at=a.event_at,
+        late=a.late,
+        now=now,
+        answer_target_s=settings.answer_target(a.priority),
+    )
+
+
+def _raise(
+    conn: psycopg.Connection[Any], resident_id: int, a: Raise, now: datetime, settings: Settings
+) -> None:
+    details = {**a.details, "late": a.late} if a.late else dict(a.details)
+    current = _open_alert(conn, resident_id, a.rule)
+    if current is not None:
+        conn.execute(
+            """UPDATE alerts SET count = count + 1, last_seen_at = GREATEST(last_seen_at, %s),
+                      details = details || %s, late = late OR %s WHERE id = %s""",
+            (a.event_at, Jsonb({**details, "last_device": a.device_id}), a.late, current["id"]),
+        )
+        if current["call_id"] is None or current["call_status"] == "resolved":
+            _call(conn, resident_id, int(current["id"]), a, now, settings)
+        return
+    row = conn.execute(
+        """WITH a AS (
+               INSERT INTO alerts (resident_id, device_id, rule, priority, opened_at, raised_at, last_seen_at,
+                                   late, title, details)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)
+           INSERT INTO alert_log (alert_id, from_status, to_status, reason)
+           SELECT id, NULL, 'open', %s FROM a RETURNING alert_id""",
+        (
+            resident_id,
+            a.device_id,
+            a.rule,
+            a.priority,
+            a.event_at,
+            now,
+            a.event_at,
+            a.late,
+            a.title,
+            Jsonb(details),
+            f"{a.rule} raised" + (" (late)" if a.late else ""),
+        ),
+    ).fetchone()
+    assert row is not None
+    alert_id = int(row[0])
+    _call(conn, resident_id, alert_id, a, now, settings)
+
+
+def _clear(conn: psycopg.Connection[Any], resident_id: int, c: Clear, now: datetime) -> None:
+    current = _open_alert(conn, resident_id, c.rule)
+    if current is None:
+        return
+    if c.rule in TECHNICAL:
+        conn.execute(
+            "UPDATE alerts SET status = 'cleared', cleared_at = %s, details = details || %s WHERE id = %s",
+            (now, Jsonb({"cleared_reason": c.reason}), current["id"]),
+        )
+        _log(conn, int(current["id"]), "open", "cleared", c.reason)
+    else:
+        # Emergencies stay open until an operator closes them through the call; note the recovery.
+        conn.execute(
+            "UPDATE alerts SET details = details || %s WHERE id = %s",
+            (Jsonb({"recovered_at": c.at.isoformat(), "recovered": c.reason}), current["id"]),
+        )
+
+
+def _cancel(
+    conn: psycopg.Connection[Any], resident_id: int, c: Cancel, now: datetime, settings: Settings
+) -> None:
+    current = _open_alert(conn, resident_id, c.rule) if c.rule else None
+    entry = {"device_id": c.device_id, "ref_seq": c.ref_seq, "at": c.event_at.isoformat(), "reason": c.reason}
+    if current is None:
+        log.info("resident %s: cancel recorded with no open alert: %s", resident_id, c.reason)
+        return
+    alert_id = int(current["id"])
+    if c.honoured and current["call_id"] is not None and current["call_status"] != "resolved":
+        from hotline.intake import wearer_cancel
+
+        wearer_cancel(
+            conn,
+            call_id=int(current["call_id"]),
+            now=now,
+            note=c.reason,
+            answer_target_s=settings.answer_target(3),
+        )
+        conn.execute(
+            "UPDATE alerts SET details = details || %s WHERE id = %s",
+            (Jsonb({"cancelled_by_wearer": entry}), alert_id),
+        )
+        _log(conn, alert_id, "open", "open", f"cancelled by wearer: {c.reason}")
+        return
+    ignored = [*current["details"].get("ignored_cancels", []), entry][-10:]
+    conn.execute(
+        "UPDATE alerts SET details = details || %s WHERE id = %s",
+        (Jsonb({"ignored_cancels": ignored}), alert_id),
+    )
+    _log(conn, alert_id, "open", "open", f"cancel ignored: {c.reason}")

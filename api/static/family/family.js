@@ -1,0 +1,200 @@
+// Family page: is my relative OK? A plain status, a week of heart rate and activity, and their calls.
+// The API decides what a family user may see (404 for anyone else's relative); this page only asks.
+
+import { api, ApiError, fill, h, listOf, login, logout, session, whoami } from "/common/api.js";
+import { barChart, lineChart } from "/common/charts.js";
+import { fmtDateTime, langButton, t, translatePage } from "/common/i18n.js";
+
+const $ = (sel) => document.querySelector(sel);
+let me = null;
+
+function pick(o, ...keys) {
+  for (const k of keys) if (o?.[k] !== undefined && o[k] !== null) return o[k];
+  return null;
+}
+
+/** The API's status word → one of three levels a worried relative can read at a glance. */
+export function level(status) {
+  const raw = String(pick(status, "level", "status", "state") ?? "ok").toLowerCase();
+  if (["emergency", "alarm", "critical", "p1"].includes(raw)) return "emergency";
+  if (["attention", "warning", "warn", "check"].includes(raw)) return "attention";
+  return "ok";
+}
+
+function wanted() {
+  const m = location.hash.match(/resident=(\d+)/);
+  return m ? Number(m[1]) : null;
+}
+
+async function residentIds() {
+  const ids = listOf(me.resident_ids);
+  if (ids.length || me.resident_ids) return ids;
+  return listOf(await api("GET", "/residents").catch(() => []), "residents").map((r) => r.id);
+}
+
+async function render() {
+  const main = $("#residents");
+  main.classList.remove("hidden");
+  let ids = await residentIds();
+  const only = wanted();
+  if (only !== null) ids = [only];
+  if (!ids.length) {
+    fill(main, h("p", { class: "muted", testid: "no-residents" }, t("no_residents")));
+    return;
+  }
+  const all = await residentIds();
+  const nav =
+    all.length > 1 || only !== null
+      ? h("nav", { class: "tabs-rel" }, h("a", { href: "#" }, "⌂"), ...all.map((id) => h("a", { href: `#resident=${id}` }, `#${id}`)))
+      : null;
+  fill(main, ...[nav].filter(Boolean), ...ids.map(() => h("section", { class: "relative" }, "…")));
+  const sections = [...main.querySelectorAll("section.relative")];
+  await Promise.all(ids.map((id, i) => renderResident(id, sections[i])));
+}
+
+async function renderResident(id, section) {
+  let resident;
+  try {
+    resident = await api("GET", `/residents/${id}`);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return showLogin();
+    fill(section, h("div", { class: "card error", testid: "not-available" }, `${t("not_available")} (#${id})`));
+    return;
+  }
+  section.dataset.testid = "relative";
+  section.dataset.residentId = String(id);
+  const to = Date.now();
+  const from = to - 7 * 24 * 3600_000;
+  const range = `from=${encodeURIComponent(new Date(from).toISOString())}&to=${encodeURIComponent(new Date(to).toISOString())}`;
+  const get = (p, fallback) => api("GET", p).catch(() => fallback);
+  const [status, vitals, activity, calls] = await Promise.all([
+    get(`/residents/${id}/status`, {}),
+    get(`/residents/${id}/vitals?${range}&bucket=1h`, []),
+    get(`/residents/${id}/activity?days=7`, []),
+    api("GET", `/residents/${id}/calls`).catch(() => get(`/calls?resident_id=${id}`, [])),
+  ]);
+  const lvl = level(status);
+  const lastSeen = pick(status, "last_seen_at", "last_seen", "last_telemetry_at");
+  const reason = listOf(status?.reasons).join(", ") || pick(status, "reason", "summary");
+  const v = listOf(vitals, "vitals", "samples");
+  const ms = (p) => new Date(pick(p, "ts", "bucket", "t", "at")).getTime();
+  const act = listOf(activity, "days", "activity").map((d) => {
+    const day = pick(d, "day", "date", "bucket");
+    const dt = day ? new Date(day) : null;
+    return {
+      label: dt && !Number.isNaN(dt.getTime()) ? `${dt.getMonth() + 1}/${dt.getDate()}` : String(day ?? ""),
+      value: Number(pick(d, "steps", "steps_max", "active_minutes", "motion", "motion_n", "value") ?? 0),
+    };
+  });
+  const callList = listOf(calls, "calls");
+  fill(section,
+    h("h2", { testid: "relative-name" }, resident.name),
+    h(
+      "div",
+      { class: `status ${lvl}`, testid: "relative-status", "data-level": lvl },
+      h("span", { class: "dot" }),
+      h(
+        "div",
+        {},
+        t(`status_${lvl}`),
+        h(
+          "small",
+          { testid: "relative-status-detail" },
+          [
+            reason,
+            status?.heart_rate?.value ? `${t("hr")} ${status.heart_rate.value}` : null,
+            status?.place && status.place !== "unknown" ? `${t(`place_${status.place}`)}${status.room ? ` (${status.room})` : ""}` : null,
+            lastSeen ? `${t("last_seen")} ${fmtDateTime(lastSeen)}` : null,
+          ]
+            .filter(Boolean)
+            .join(" · "),
+        ),
+      ),
+    ),
+    h(
+      "div",
+      { class: "card" },
+      h("h3", {}, t("hr7")),
+      lineChart({
+        series: [{ name: t("hr"), color: "#ff6961", min: 50, max: 110, points: v.map((p) => [ms(p), pick(p, "hr", "hr_avg", "hr_mean")]) }],
+        from,
+        to,
+        days: true,
+        width: 360,
+        height: 170,
+        testid: "family-hr-chart",
+        label: t("hr7"),
+        noData: t("no_data"),
+      }),
+    ),
+    h("div", { class: "card" }, h("h3", {}, t("activity7")), barChart({ bars: act, testid: "family-activity", label: t("activity7"), noData: t("no_data") })),
+    h(
+      "div",
+      { class: "card", testid: "family-calls" },
+      h("h3", {}, t("calls_recent")),
+      callList.length
+        ? h(
+            "ul",
+            { class: "plain calls" },
+            ...callList.slice(0, 10).map((c) =>
+              h(
+                "li",
+                { testid: "family-call", "data-status": c.status },
+                h("span", { class: `badge` }, t(`status_${c.status}`)),
+                ` ${c.title || c.reason || ""} `,
+                h("span", { class: "muted" }, fmtDateTime(c.created_at || c.event_at)),
+              ),
+            ),
+          )
+        : h("p", { class: "muted" }, t("no_calls")),
+    ),
+  );
+}
+
+function showLogin() {
+  $("#residents").classList.add("hidden");
+  $("#logout").classList.add("hidden");
+  $("#login").classList.remove("hidden");
+}
+
+async function start() {
+  try {
+    me = await whoami();
+  } catch {
+    return showLogin();
+  }
+  if (me.role !== "family") {
+    location.href = "/console/";
+    return;
+  }
+  $("#login").classList.add("hidden");
+  $("#logout").classList.remove("hidden");
+  document.body.dataset.user = me.username;
+  await render();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  translatePage();
+  $("#lang-slot").append(langButton(() => me && render()));
+  $("#login").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    $('[data-testid="login-error"]').classList.add("hidden");
+    try {
+      await login(String(f.get("username")), String(f.get("password")));
+    } catch {
+      $('[data-testid="login-error"]').classList.remove("hidden");
+      return;
+    }
+    ev.target.reset();
+    start();
+  });
+  $("#logout").addEventListener("click", () => {
+    logout();
+    showLogin();
+  });
+  window.addEventListener("hashchange", () => me && render());
+  setInterval(() => me && !document.hidden && render(), 60_000);
+  if (session()) start();
+  else showLogin();
+});
