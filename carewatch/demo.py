@@ -114,11 +114,14 @@ def run_demo(
     server = uvicorn.Server(config)
     api_t = _thread("api", server.run, errors)
 
+    horizon = int(duration_s or 7 * 24 * 3600)
     incidents = []
     if incident_every_s > 0:
-        for k in range(200):
+        for k in range(min(500, int(horizon // incident_every_s))):
             kind = INCIDENT_CYCLE[k % len(INCIDENT_CYCLE)]
-            incidents.append(IncidentSpec(kind=kind, resident=k % residents, at=int(30 + k * incident_every_s)))
+            incidents.append(
+                IncidentSpec(kind=kind, resident=k % residents, at=int(30 + k * incident_every_s))
+            )
     sim_stop = threading.Event()
 
     def simulate() -> None:
@@ -127,7 +130,7 @@ def run_demo(
             residents=residents,
             speed=1.0,
             seed=7,
-            duration_s=int(duration_s or 7 * 24 * 3600),
+            duration_s=horizon,
             fleet_file=fleet_file,
             enrol="db",
             incidents=incidents,
@@ -140,8 +143,12 @@ def run_demo(
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline and not errors:
         time.sleep(0.1)
-    fleet = load_fleet(fleet_file) if fleet_file.exists() else None
-    family_resident = fleet.residents[0].db_id if fleet and fleet.residents else None
+    family_resident = None
+    while time.monotonic() < deadline + 30 and family_resident is None and not errors:
+        enrolled = load_fleet(fleet_file)  # the simulator saves it once its devices are enrolled
+        family_resident = enrolled.residents[0].db_id if enrolled.residents else None
+        if family_resident is None:
+            time.sleep(0.2)
     logins = _logins(s.data_dir)
     _ensure_users(s.database_url, logins, family_resident)
     base = f"http://{s.api_host}:{s.api_port}"

@@ -24,6 +24,7 @@ from tests.support import (
     wait_for,
 )
 
+
 @pytest.fixture
 def mqtt_url(tuned_mqtt_url: str) -> str:
     """Backlogs here outgrow a stock broker's 1,000-message session queue: use CareWatch's tuned one."""
