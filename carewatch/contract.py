@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -85,11 +86,11 @@ def _to_datetime(value: Any) -> Any:
 Timestamp = Annotated[
     datetime,
     BeforeValidator(_to_datetime),
-    Field(
-        description="Event time: RFC 3339 with offset, or integer Unix epoch milliseconds.",
-        json_schema_extra={
-            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}]
-        },
+    WithJsonSchema(
+        {
+            "description": "Event time: RFC 3339 with offset, or integer Unix epoch milliseconds.",
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0}],
+        }
     ),
 ]
 Seq = Annotated[int, Field(ge=0, le=2**53, description="Per-device message counter; may reset on reboot.")]

@@ -138,11 +138,6 @@ def test_example_against_published_schema(example: Example) -> None:
         assert not errors, f"line {example.line}: {errors}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="carewatch/contract.py Timestamp: pydantic emits type=string/format=date-time beside the "
-    "anyOf, so the published schema refuses integer epoch-ms ts that the server accepts",
-)
 def test_epoch_millisecond_examples_against_published_schema() -> None:
     examples = [e for e in DEVICE_EXAMPLES if e.rejected is None and _has_int_ts(e.payload)]
     assert examples
