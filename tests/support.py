@@ -73,10 +73,13 @@ class Publisher:
     ) -> int:
         sent = 0
         for topic, payload in messages:
+            # paho's packet ids wrap at 65,535: keep the unacknowledged window well below that
+            while qos and self.sent - self.acked > 20_000:
+                time.sleep(0.005)
             info = self.client.publish(topic, payload, qos=qos)
             assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed: {info.rc}"
             sent += 1
-        self.sent += sent if qos else 0
+            self.sent += 1 if qos else 0
         deadline = time.monotonic() + timeout
         while self.acked < self.sent and time.monotonic() < deadline:
             time.sleep(0.01)
