@@ -8,6 +8,9 @@ never interleave on one resident, a crash loses nothing that was acked, and engi
 event into a no-op. Locks are always taken in resident-id order, so batches cannot deadlock each other; the
 timer scan uses SKIP LOCKED so it never waits behind message traffic.
 
+Events (falls, SOS) are fanned out to every worker rather than shared, so a dead worker never holds
+an emergency back; telemetry and status are shared (a dead worker's share waits in its session).
+
 Threads: paho's network threads only enqueue. Events (falls, SOS) have their own MQTT session, queue,
 thread and database connection, one message per transaction, so an emergency never waits behind a
 telemetry batch. Telemetry and status go in batches. A ticker runs the absence rules (silence, inactivity)
@@ -102,6 +105,19 @@ class Registry:
         return out
 
 
+def _open_service_request(
+    conn: psycopg.Connection[Any], rid: int, device_id: str, ev: Any, now: datetime
+) -> None:
+    """A 'service' event opens a welfare service request in this transaction (if welfare is installed)."""
+    try:
+        intake = importlib.import_module("welfare.intake")
+    except ImportError:
+        return
+    intake.open_from_event(
+        conn, resident_id=rid, device_id=device_id, event_ts=ev.ts, seq=ev.seq, category=ev.category, now=now
+    )
+
+
 class Engine:
     """One worker: owns its MQTT sessions, threads and database connections."""
 
@@ -128,10 +144,14 @@ class Engine:
             self.telemetry_q.put,
             **common,
         )
+        # Events are NOT on the shared subscription: every worker receives every event and the first to
+        # commit acts (engine_seen under the resident's row lock makes the others skip). A shared group
+        # would park 1/N of all falls in a dead worker's session until it came back; events are rare,
+        # so handling each one N times costs little and no worker's death ever delays an emergency.
         self.events_sub = Subscriber(
             settings.mqtt_url,
             f"{base}-events",
-            subscriptions(settings.alerts_group, ("event",)),
+            [("care/v1/+/event", 1)],
             self.events_q.put,
             **common,
         )
@@ -172,6 +192,8 @@ class Engine:
                     ev = a.event
                     if ev is not None and not store.mark_seen(conn, a.device_id, ev.ts, ev.seq):
                         continue  # redelivered: already acted on
+                    if ev is not None and ev.type == "service":
+                        _open_service_request(conn, rid, a.device_id, ev, now)
                     actions.extend(rules.apply(state, info, a, now))
                 saved.append((rid, state, rules.next_due(state, info, now)))
                 if actions:
@@ -386,4 +408,8 @@ def run(
         settings = resolve(settings).settings
     assert settings.database_url is not None
     migrate(settings.database_url)
+    if settings.metrics_port:  # compose's healthcheck probes it (deploy/healthcheck.py)
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
     Engine(settings, stop or threading.Event()).serve(ready)
