@@ -19,7 +19,6 @@ every ``alerts_tick_s`` and the hotline's scheduled jobs every second.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import queue
 import threading
@@ -39,6 +38,7 @@ from carewatch.contract import Accepted, parse
 from carewatch.db import connect
 from carewatch.mqtt import Subscriber
 from carewatch.settings import Settings
+from hotline import notify, scheduled
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,9 @@ class Registry:
 def _open_service_request(
     conn: psycopg.Connection[Any], rid: int, device_id: str, ev: Any, now: datetime
 ) -> None:
-    """A 'service' event opens a welfare service request in this transaction (if welfare is installed)."""
-    try:
-        intake = importlib.import_module("welfare.intake")
-    except ImportError:
-        return
+    """A 'service' event (the green key) opens a welfare service request in this transaction."""
+    from welfare import intake
+
     intake.open_from_event(
         conn, resident_id=rid, device_id=device_id, event_ts=ev.ts, seq=ev.seq, category=ev.category, now=now
     )
@@ -278,31 +276,19 @@ class Engine:
         return handled
 
     def _notifier(self) -> Any:
-        """The hotline's default notifier (webhooks), built once; None if that module is missing."""
+        """The hotline's default notifier (webhooks), built once."""
         if self._notifier_obj is None:
-            try:
-                notify = importlib.import_module("hotline.notify")
-            except ImportError:
-                return None
             self._notifier_obj = notify.WebhookNotifier(self.settings.notify_webhook_url)
         return self._notifier_obj
 
     def run_scheduled(self, conn: psycopg.Connection[Any], now: datetime) -> None:
-        """The hotline's periodic jobs, if that package provides them (imported lazily, skipped if absent)."""
-        try:
-            sched = importlib.import_module("hotline.scheduled")
-        except ImportError:
-            return
-        jobs: list[tuple[str, Callable[[], object]]] = []
-        if hasattr(sched, "escalate_due"):
-            jobs.append(("escalate_due", lambda: sched.escalate_due(conn, now, self.settings)))
-        if hasattr(sched, "release_stale_claims"):
-            jobs.append(
-                ("release_stale_claims", lambda: sched.release_stale_claims(conn, now, self.settings))
-            )
+        """The hotline's periodic jobs: escalation, stale claims, notification delivery."""
         notifier = self._notifier()
-        if notifier is not None and hasattr(sched, "deliver_notifications"):
-            jobs.append(("deliver_notifications", lambda: sched.deliver_notifications(conn, notifier)))
+        jobs: list[tuple[str, Callable[[], object]]] = [
+            ("escalate_due", lambda: scheduled.escalate_due(conn, now, self.settings)),
+            ("release_stale_claims", lambda: scheduled.release_stale_claims(conn, now, self.settings)),
+            ("deliver_notifications", lambda: scheduled.deliver_notifications(conn, notifier)),
+        ]
         for name, job in jobs:
             try:
                 with conn.transaction():

@@ -103,6 +103,12 @@ def _include_hotline(app: FastAPI) -> None:
         log.info("hotline views not available (%s); queue endpoints not mounted", exc)
         return
     app.include_router(views.router, prefix="/api/v1")
+    try:
+        welfare = importlib.import_module("welfare.views")
+    except ImportError as exc:
+        log.info("welfare views not available (%s); welfare endpoints not mounted", exc)
+        return
+    app.include_router(welfare.router, prefix="/api/v1")
 
 
 def _sync_broker_files(settings: Settings, url: str) -> None:

@@ -144,6 +144,14 @@ async def _on_db_down(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(db_unavailable())
 
 
+async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
+    """Input the database cannot hold (a NUL byte in text, a number out of its column's range) is the
+    caller's mistake: a precise 422, not a 500."""
+    detail = str(exc).splitlines()[0][:200] if str(exc) else "the input cannot be stored"
+    log.info("rejected input in %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return problem_response(Problem(422, "Invalid input", detail))
+
+
 async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return problem_response(
@@ -157,4 +165,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(PoolTimeout, _on_db_down)
     app.add_exception_handler(psycopg.OperationalError, _on_db_down)
+    app.add_exception_handler(psycopg.DataError, _on_data_error)
     app.add_exception_handler(Exception, _on_bug)

@@ -160,7 +160,11 @@ class ResolveIn(BaseModel):
     note: str = Field(min_length=1, max_length=4000)
 
 
-@router.post("/calls/claim-next", summary="Claim the top of the queue (204 when the queue is empty)")
+@router.post(
+    "/calls/claim-next",
+    summary="Claim the top of the queue (204 when the queue is empty)",
+    responses={204: {"description": "the queue is empty: nothing to claim"}},
+)
 def claim_next(
     request: Request,
     principal: Principal = Depends(require_roles(*STAFF)),
@@ -316,7 +320,11 @@ def reopen(
 # --- reports ------------------------------------------------------------------------------------------
 
 
-@router.get("/reports/answer-times", summary="Time to claim / resolve per priority, operator and day")
+@router.get(
+    "/reports/answer-times",
+    summary="Time to claim / resolve per priority, operator and day",
+    responses={200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}},
+)
 def answer_times(
     from_: datetime | None = Query(default=None, alias="from", description="Default: 7 days before `to`."),
     to: datetime | None = Query(default=None, description="Default: now."),

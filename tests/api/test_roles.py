@@ -58,6 +58,22 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/residents/{resident_id}/activity"): EVERYONE,
     ("GET", "/api/v1/access-log"): frozenset({A}),
     ("GET", "/api/v1/live"): EVERYONE,
+    # welfare.views (declared here too: services, visits, rescue timeline, supervision)
+    ("GET", "/api/v1/welfare/providers"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/providers"): frozenset({A, S}),
+    ("GET", "/api/v1/welfare/requests"): EVERYONE,
+    ("POST", "/api/v1/welfare/requests"): frozenset({A, S, OP}),
+    ("GET", "/api/v1/welfare/requests/{request_id}"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/requests/{request_id}/assign"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/requests/{request_id}/cancel"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/orders/{order_id}/actions"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/orders/{order_id}/rating"): EVERYONE,
+    ("GET", "/api/v1/welfare/visits"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/visits/schedule"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/visits/{visit_id}/record"): frozenset({A, S, OP}),
+    ("POST", "/api/v1/welfare/alerts/{alert_id}/visit"): frozenset({A, S, OP}),
+    ("GET", "/api/v1/welfare/calls/{call_id}/timeline"): EVERYONE,
+    ("GET", "/api/v1/welfare/supervision"): frozenset({A, S}),
 }
 
 
@@ -87,7 +103,7 @@ ROUTES = _routes()
 
 
 def test_every_route_is_declared() -> None:
-    ours = {(m, p) for m, p, r in ROUTES if r.endpoint.__module__.startswith("api.")}
+    ours = {(m, p) for m, p, r in ROUTES if r.endpoint.__module__.startswith(("api.", "welfare."))}
     assert ours == set(ALLOWED), f"undeclared: {ours - set(ALLOWED)}; stale: {set(ALLOWED) - ours}"
     for method, path, route in ROUTES:
         declared = _declared(route)
@@ -110,6 +126,10 @@ def _url(path: str, resident: int) -> str:
         .replace("{user_id}", "999999999")
         .replace("{device_id}", "no-such-device")
         .replace("{call_id}", "999999999")
+        .replace("{request_id}", "999999999")
+        .replace("{order_id}", "999999999")
+        .replace("{visit_id}", "999999999")
+        .replace("{alert_id}", "999999999")
     )
 
 

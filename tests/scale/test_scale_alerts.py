@@ -236,7 +236,7 @@ def test_killed_worker_residents_are_carried_on_without_a_missed_or_double_call(
             hr_while_dead = conn.execute("SELECT count(*) AS n FROM alerts WHERE rule = 'hr'").fetchone()
             print(
                 f"\nwhile A was dead: {len(while_dead)} of {n} falls became calls via B, "
-                f"{hr_while_dead['n'] if hr_while_dead else 0} of {n} hr alerts (telemetry waits in A's session)"
+                f"{hr_while_dead['n'] if hr_while_dead else 0} of {n} hr alerts (telemetry waits in A's session)"  # noqa: E501
             )
             # events are fanned out to every worker, so no fall waits for the dead one: B raised them all
             assert len(while_dead) == n, f"only {len(while_dead)} of {n} falls handled while A was dead"

@@ -1,0 +1,1 @@
+"""Beyond emergencies: service requests, work orders, welfare visits, rescue timelines, supervision."""
