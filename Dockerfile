@@ -22,6 +22,7 @@ COPY alerts/ alerts/
 COPY hotline/ hotline/
 COPY api/ api/
 COPY device_sim/ device_sim/
+COPY welfare/ welfare/
 RUN pip install --constraint constraints.txt . \
  && rm -rf /root/.cache
 
