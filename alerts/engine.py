@@ -39,6 +39,7 @@ from carewatch.db import connect
 from carewatch.mqtt import Subscriber
 from carewatch.settings import Settings
 from hotline import notify, scheduled
+from welfare import service as welfare_service
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ CACHE_TTL_S = 5.0
 TELEMETRY_BATCH_MAX = 256
 TELEMETRY_BATCH_WAIT_S = 0.02
 SCHEDULED_EVERY_S = 1.0
+VISIT_PLANNING_EVERY_S = 600.0
 
 
 def subscriptions(group: str, kinds: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -126,6 +128,7 @@ class Engine:
         self.stop = stop
         self.registry = Registry()
         self._notifier_obj: Any = None
+        self._next_visit_planning = 0.0
         self.events_q: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.telemetry_q: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         base = f"{settings.mqtt_client_id_prefix}-alerts-{settings.alerts_worker_id}"
@@ -289,6 +292,10 @@ class Engine:
             ("release_stale_claims", lambda: scheduled.release_stale_claims(conn, now, self.settings)),
             ("deliver_notifications", lambda: scheduled.deliver_notifications(conn, notifier)),
         ]
+        if time.monotonic() >= self._next_visit_planning:
+            # welfare visits fall due by the day: planning them every ten minutes is plenty
+            self._next_visit_planning = time.monotonic() + VISIT_PLANNING_EVERY_S
+            jobs.append(("schedule_visits", lambda: welfare_service.schedule_due(conn, now)))
         for name, job in jobs:
             try:
                 with conn.transaction():
@@ -296,7 +303,7 @@ class Engine:
             except psycopg.OperationalError:
                 raise
             except Exception:
-                log.exception("hotline.scheduled.%s failed", name)
+                log.exception("scheduled job %s failed", name)
 
     def _every(
         self, name: str, period_s: Callable[[], float], job: Callable[[psycopg.Connection[Any]], object]
