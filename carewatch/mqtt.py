@@ -109,6 +109,20 @@ class BufferedClient(mqtt.Client):
         self._rbuf, self._rpos = b"", 0
         return super().reconnect()
 
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # CareWatch registers no per-topic callbacks, so skip paho's topic-tree match (a fifth of ingest's
+        # receive path in the benchmark profile) and hand every message to on_message.
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                log.error("mqtt: on_message failed: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+
 
 def _nodelay(client: mqtt.Client, userdata: object, sock: socket.socket | object) -> None:
     if isinstance(sock, socket.socket) or hasattr(sock, "setsockopt"):

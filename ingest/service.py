@@ -112,6 +112,8 @@ class Ingest:
         wait = self.settings.ingest_batch_wait_ms / 1000
         started: float | None = None
         while not stop.is_set():
+            if len(self.inbox) >= limit:
+                break  # read no further: unread messages stay in the socket and the broker (back-pressure)
             self.subscriber.pump(0.0 if self.inbox else 0.1)
             if not self.inbox:
                 continue
