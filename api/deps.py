@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
@@ -152,3 +153,29 @@ def resident_or_404(conn: Conn, principal: Principal, resident_id: int) -> dict[
 
 # Path ids are bounded so that a huge number answers 422/404, never a bigint overflow (500).
 Id = Annotated[int, Path(ge=1, le=2**62, description="Numeric id.", examples=[1])]
+
+
+MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Query times without an offset are taken as UTC."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def report_window(
+    start: datetime | None, end: datetime | None, now: datetime, default: timedelta = timedelta(days=7)
+) -> tuple[datetime, datetime]:
+    """The `from`/`to` of a history or report query: `to` defaults to now, `from` to `default` before it."""
+    end = as_utc(end) if end else now
+    start = as_utc(start) if start else end - default
+    if not (MIN_TIME <= start < end <= MAX_TIME):
+        raise Problem(
+            422,
+            "Validation failed",
+            "'from' must be before 'to', both between 2000 and 2200",
+            errors=[{"field": "from", "in": "query", "message": "must be before 'to'"}],
+        )
+    return start, end

@@ -17,36 +17,23 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from api.access import record_access
-from api.deps import ALL_ROLES, Conn, Id, Principal, get_conn, require_roles, resident_or_404
+from api.deps import (
+    ALL_ROLES,
+    Conn,
+    Id,
+    Principal,
+    as_utc,
+    get_conn,
+    report_window,
+    require_roles,
+    resident_or_404,
+)
 from api.errors import Problem, problems
 from api.residents import zone
 from api.status_logic import LIMITS, Bucket, choose_bucket, overall, whereabouts
 
 router = APIRouter(prefix="/api/v1/residents", tags=["history"], responses=problems(400))
 Readers = Depends(require_roles(*ALL_ROLES))
-
-MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def _range(
-    start: datetime | None, end: datetime | None, now: datetime, default: timedelta
-) -> tuple[datetime, datetime]:
-    end = _utc(end) if end else now
-    start = _utc(start) if start else end - default
-    if not (MIN_TIME <= start < end <= MAX_TIME):
-        raise Problem(
-            422,
-            "Validation failed",
-            "'from' must be before 'to', both between 2000 and 2200",
-            errors=[{"field": "from", "in": "query", "message": "must be before 'to'"}],
-        )
-    return start, end
 
 
 def _local(ts: datetime | None, tz: str) -> str | None:
@@ -67,7 +54,7 @@ def decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
         out: list[Any] = []
         for value, kind in zip(values, shape, strict=True):
             if kind is datetime:
-                out.append(_utc(datetime.fromisoformat(value)))
+                out.append(as_utc(datetime.fromisoformat(value)))
             elif kind is int:
                 if not isinstance(value, int) or not 0 <= value < 2**62:
                     raise ValueError("int")
@@ -294,7 +281,7 @@ def vitals(
     conn: Conn = Depends(get_conn),
 ) -> Vitals:
     resident = resident_or_404(conn, principal, resident_id)
-    lo, hi = _range(start, end, datetime.now(UTC), timedelta(hours=24))
+    lo, hi = report_window(start, end, datetime.now(UTC), timedelta(hours=24))
     chosen: Bucket = bucket or choose_bucket(lo, hi)
     if hi - lo > LIMITS[chosen]:
         raise Problem(
@@ -449,7 +436,7 @@ def events(
     conn: Conn = Depends(get_conn),
 ) -> EventPage:
     resident = resident_or_404(conn, principal, resident_id)
-    lo, hi = _range(start, end, datetime.now(UTC), timedelta(days=7))
+    lo, hi = report_window(start, end, datetime.now(UTC), timedelta(days=7))
     rows, nxt = _keyset(
         conn,
         "SELECT ts, device_id, seq, type, confidence, room, lat, lon, category FROM events "
@@ -483,7 +470,7 @@ def alerts(
     conn: Conn = Depends(get_conn),
 ) -> AlertPage:
     resident = resident_or_404(conn, principal, resident_id)
-    lo, hi = _range(start, end, datetime.now(UTC), timedelta(days=30))
+    lo, hi = report_window(start, end, datetime.now(UTC), timedelta(days=30))
     rows, nxt = _keyset(
         conn,
         "SELECT id, rule, priority, status, title, opened_at, last_seen_at, cleared_at, count, call_id "
@@ -522,7 +509,7 @@ def calls(
     conn: Conn = Depends(get_conn),
 ) -> CallPage:
     resident = resident_or_404(conn, principal, resident_id)
-    lo, hi = _range(start, end, datetime.now(UTC), timedelta(days=90))
+    lo, hi = report_window(start, end, datetime.now(UTC), timedelta(days=90))
     rows, nxt = _keyset(
         conn,
         "SELECT id, priority, status, title, reason, event_at, created_at, resolved_at, outcome FROM calls "
@@ -556,7 +543,7 @@ def presence(
     conn: Conn = Depends(get_conn),
 ) -> PresencePage:
     resident = resident_or_404(conn, principal, resident_id)
-    lo, hi = _range(start, end, datetime.now(UTC), timedelta(hours=24))
+    lo, hi = report_window(start, end, datetime.now(UTC), timedelta(hours=24))
     rows, nxt = _keyset(
         conn,
         "SELECT ts, device_id, seq, room, presence, motion FROM telemetry "
@@ -593,7 +580,7 @@ def location(
     conn: Conn = Depends(get_conn),
 ) -> LocationPage:
     resident = resident_or_404(conn, principal, resident_id)
-    lo, hi = _range(start, end, datetime.now(UTC), timedelta(hours=24))
+    lo, hi = report_window(start, end, datetime.now(UTC), timedelta(hours=24))
     rows, nxt = _keyset(
         conn,
         "SELECT ts, device_id, seq, lat, lon, acc_m FROM telemetry "

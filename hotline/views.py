@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,7 +17,15 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from api.access import record_access
-from api.deps import Conn, Principal, get_conn, get_settings_dep, require_roles, visible_resident
+from api.deps import (
+    Conn,
+    Principal,
+    get_conn,
+    get_settings_dep,
+    report_window,
+    require_roles,
+    visible_resident,
+)
 from api.errors import Problem
 from carewatch.settings import Settings
 from hotline import lifecycle, reports, service
@@ -334,10 +342,7 @@ def answer_times(
     settings: Settings = Depends(get_settings_dep),
 ) -> Any:
     now = _now()
-    end = _aware(to) if to else now
-    begin = _aware(from_) if from_ else end - timedelta(days=7)
-    if begin >= end:
-        raise Problem(422, "Validation failed", "`from` must be before `to`")
+    begin, end = report_window(from_, to, now)
     report = service.answer_time_report(conn, start=begin, end=end, now=now, targets=settings.answer_target_s)
     if format == "csv":
         return Response(
@@ -346,7 +351,3 @@ def answer_times(
             headers={"Content-Disposition": 'attachment; filename="answer-times.csv"'},
         )
     return report
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

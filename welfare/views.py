@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from api.deps import Conn, Id, Principal, get_conn, get_settings_dep, require_roles
+from api.deps import Conn, Id, Principal, as_utc, get_conn, get_settings_dep, report_window, require_roles
 from api.errors import Problem
 from carewatch.settings import Settings
 from hotline.service import Actor
@@ -44,10 +44,6 @@ def _actor(p: Principal) -> Actor:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @contextmanager
@@ -157,7 +153,7 @@ def create_request(
             _now(),
             resident_id=body.resident_id,
             category=body.category,
-            wanted_at=_aware(body.wanted_at),
+            wanted_at=as_utc(body.wanted_at),
             notes=body.notes,
         )
     )
@@ -269,7 +265,7 @@ def record_visit(
             visit_id,
             _actor(principal),
             now,
-            visited_at=_aware(body.visited_at) if body.visited_at else now,
+            visited_at=as_utc(body.visited_at) if body.visited_at else now,
             worker=body.worker,
             findings=body.findings,
             follow_ups=body.follow_ups,
@@ -319,10 +315,7 @@ def supervision_view(
     settings: Settings = Depends(get_settings_dep),
 ) -> Any:
     now = _now()
-    end = _aware(to) if to else now
-    begin = _aware(from_) if from_ else end - timedelta(days=7)
-    if begin >= end:
-        raise Problem(422, "Validation failed", "`from` must be before `to`")
+    begin, end = report_window(from_, to, now)
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
