@@ -11,16 +11,23 @@ timer scan uses SKIP LOCKED so it never waits behind message traffic.
 Events (falls, SOS) are fanned out to every worker rather than shared, so a dead worker never holds
 an emergency back; telemetry and status are shared (a dead worker's share waits in its session).
 
-Threads: paho's network threads only enqueue. Events (falls, SOS) have their own MQTT session, queue,
-thread and database connection, one message per transaction, so an emergency never waits behind a
-telemetry batch. Telemetry and status go in batches. A ticker runs the absence rules (silence, inactivity)
-every ``alerts_tick_s`` and the hotline's scheduled jobs every second.
+Processes: events (falls, SOS) are handled in a child process of their own, with their own MQTT
+session and database connection, one message per transaction. In the same process as the telemetry
+thread they waited for the GIL at every socket read and every database round trip (up to the 5 ms switch
+interval each time, a dozen times per fall): p99 event -> call was hundreds of ms under 5,000 msg/s of
+telemetry. The parent runs telemetry and status in batches, a ticker for the absence rules (silence,
+inactivity) every ``alerts_tick_s``, and the hotline's scheduled jobs every second. The child dies with
+its parent (PR_SET_PDEATHSIG), and the parent restarts a child that died.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing as mp
+import os
 import queue
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -48,6 +55,9 @@ TELEMETRY_BATCH_MAX = 256
 TELEMETRY_BATCH_WAIT_S = 0.02
 SCHEDULED_EVERY_S = 1.0
 VISIT_PLANNING_EVERY_S = 600.0
+EVENTS = "events"
+MAIN_PARTS = frozenset({"telemetry", "timers", "scheduled"})
+ALL_PARTS = MAIN_PARTS | {EVENTS}
 
 
 def subscriptions(group: str, kinds: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -72,18 +82,41 @@ class Registry:
         self._devices: dict[str, _Entry] = {}
         self._residents: dict[int, _Entry] = {}
 
-    def residents_of(self, conn: psycopg.Connection[Any], device_ids: set[str]) -> dict[str, int | None]:
+    def lookup(
+        self, conn: psycopg.Connection[Any], device_ids: set[str]
+    ) -> tuple[dict[str, int | None], dict[int, ResidentInfo]]:
+        """Each device's resident (None: unknown, disabled or inactive) and those residents' facts; all
+        cache misses in one query."""
         now = time.monotonic()
         with self._lock:
-            hits = {d: e.value for d in device_ids if (e := self._devices.get(d)) and e.expires > now}
-        missing = [d for d in device_ids if d not in hits]
-        if missing:
-            found = store.device_residents(conn, missing)
+            owners = {d: e.value for d in device_ids if (e := self._devices.get(d)) and e.expires > now}
+            missing_devices = sorted(d for d in device_ids if d not in owners)
+            infos: dict[int, ResidentInfo] = {}
+            missing_ids: list[int] = []
+            for rid in {r for r in owners.values() if r is not None}:
+                entry = self._residents.get(rid)
+                if entry is not None and entry.expires > now:
+                    if entry.value is not None:
+                        infos[rid] = entry.value
+                else:
+                    missing_ids.append(rid)
+        if missing_devices or missing_ids:
+            loaded = store.load_residents(conn, sorted(missing_ids), missing_devices)
+            wanted = set(missing_devices)
+            found = {
+                d.device_id: rid
+                for rid, info in loaded.items()
+                for d in info.devices
+                if d.device_id in wanted
+            }
             with self._lock:
-                for d, r in found.items():
-                    self._devices[d] = _Entry(r, now + CACHE_TTL_S)
-            hits.update(found)
-        return hits
+                for d in missing_devices:
+                    owners[d] = found.get(d)
+                    self._devices[d] = _Entry(owners[d], now + CACHE_TTL_S)
+                for rid in {*missing_ids, *loaded}:
+                    self._residents[rid] = _Entry(loaded.get(rid), now + CACHE_TTL_S)
+            infos.update(loaded)
+        return owners, {rid: infos[rid] for rid in set(owners.values()) if rid is not None and rid in infos}
 
     def residents(self, conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentInfo]:
         """Facts for these residents (inactive or unknown ones are left out); one query for all misses."""
@@ -119,13 +152,14 @@ def _open_service_request(
 
 
 class Engine:
-    """One worker: owns its MQTT sessions, threads and database connections."""
+    """One worker's threads for some `parts` of the work: "events", "telemetry", "timers", "scheduled"."""
 
-    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event, parts: frozenset[str] = ALL_PARTS) -> None:
         assert settings.database_url and settings.mqtt_url
         self.settings = settings
         self.url: str = settings.database_url
         self.stop = stop
+        self.parts = parts
         self.registry = Registry()
         self._notifier_obj: Any = None
         self._next_visit_planning = 0.0
@@ -138,24 +172,32 @@ class Engine:
             "ca_file": str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
             "keepalive": settings.mqtt_keepalive_s,
         }
-        self.telemetry_sub = Subscriber(
-            settings.mqtt_url,
-            base,
-            subscriptions(settings.alerts_group, ("telemetry", "status")),
-            self.telemetry_q.put,
-            **common,
-        )
-        # Events are NOT on the shared subscription: every worker receives every event and the first to
-        # commit acts (engine_seen under the resident's row lock makes the others skip). A shared group
-        # would park 1/N of all falls in a dead worker's session until it came back; events are rare,
-        # so handling each one N times costs little and no worker's death ever delays an emergency.
-        self.events_sub = Subscriber(
-            settings.mqtt_url,
-            f"{base}-events",
-            [("care/v1/+/event", 1)],
-            self.events_q.put,
-            **common,
-        )
+        self.subscribers: list[Subscriber] = []
+        self.telemetry_sub: Subscriber | None = None
+        self.events_sub: Subscriber | None = None
+        if "telemetry" in parts:
+            self.telemetry_sub = Subscriber(
+                settings.mqtt_url,
+                base,
+                subscriptions(settings.alerts_group, ("telemetry", "status")),
+                self.telemetry_q.put,
+                **common,
+            )
+            self.subscribers.append(self.telemetry_sub)
+        if EVENTS in parts:
+            # Events are NOT on the shared subscription: every worker receives every event and the first
+            # to commit acts (engine_seen under the resident's row lock makes the others skip). A shared
+            # group would park 1/N of all falls in a dead worker's session until it came back; events
+            # are rare, so handling each one N times costs little and no worker's death ever delays an
+            # emergency.
+            self.events_sub = Subscriber(
+                settings.mqtt_url,
+                f"{base}-events",
+                [("care/v1/+/event", 1)],
+                self.events_q.put,
+                **common,
+            )
+            self.subscribers.append(self.events_sub)
 
     # --- message path -------------------------------------------------------------------------
     def process(self, conn: psycopg.Connection[Any], messages: list[mqtt.MQTTMessage], now: datetime) -> None:
@@ -173,17 +215,24 @@ class Engine:
                 accepted.append(verdict)
         if not accepted:
             return
-        owners = self.registry.residents_of(conn, {a.device_id for a in accepted})
-        by_resident: dict[int, list[Accepted]] = defaultdict(list)
-        for a in accepted:
-            rid = owners.get(a.device_id)
-            if rid is not None:
-                by_resident[rid].append(a)
-        with conn.transaction():
-            infos = self.registry.residents(conn, sorted(by_resident))
+        # Pipeline mode: statements whose results nobody reads (state write-back, audit rows, live
+        # events) travel with the next one that is read: a fall is a handful of round trips, not twenty.
+        with conn.pipeline(), conn.transaction():
+            owners, infos = self.registry.lookup(conn, {a.device_id for a in accepted})
+            by_resident: dict[int, list[Accepted]] = defaultdict(list)
+            for a in accepted:
+                rid = owners.get(a.device_id)
+                if rid is not None and rid in infos:
+                    by_resident[rid].append(a)
+            events = [
+                (a.device_id, a.event.ts, a.event.seq)
+                for batch in by_resident.values()
+                for a in batch
+                if a.event is not None
+            ]
             # One statement locks every resident of the batch, in id order (no deadlocks between workers),
             # and one writes them back: a batch holds its locks for a few round trips, not one per resident.
-            states = store.lock_states(conn, sorted(infos))
+            fresh, states = store.seen_and_lock(conn, events, list(by_resident))
             saved: list[tuple[int, rules.ResidentState, datetime | None]] = []
             todo: list[tuple[int, list[Action]]] = []
             for rid, state in states.items():
@@ -191,7 +240,7 @@ class Engine:
                 actions: list[Action] = []
                 for a in by_resident[rid]:
                     ev = a.event
-                    if ev is not None and not store.mark_seen(conn, a.device_id, ev.ts, ev.seq):
+                    if ev is not None and (a.device_id, ev.ts, ev.seq) not in fresh:
                         continue  # redelivered: already acted on
                     if ev is not None and ev.type == "service":
                         _open_service_request(conn, rid, a.device_id, ev, now)
@@ -204,24 +253,42 @@ class Engine:
                 store.apply_actions(conn, rid, actions, now, self.settings)
 
     def _consume(
-        self, name: str, q: queue.Queue[mqtt.MQTTMessage], sub: Subscriber, batch_max: int, wait_s: float
+        self,
+        name: str,
+        q: queue.Queue[mqtt.MQTTMessage],
+        sub: Subscriber,
+        batch_max: int,
+        wait_s: float,
+        *,
+        pumped: bool = False,
     ) -> None:
+        """Decide, commit, then ack. `pumped`: this thread also runs `sub`'s network loop (single-threaded,
+        the events path: no hand-off between threads, each of which is a wake-up on a busy machine)."""
         conn: psycopg.Connection[Any] | None = None
         pending: list[mqtt.MQTTMessage] = []
         backoff = 0.1
+        if pumped:
+            sub.connect()
         while not self.stop.is_set():
             if not pending:
-                try:
-                    pending.append(q.get(timeout=0.2))
-                except queue.Empty:
-                    continue
-                deadline = time.monotonic() + wait_s
-                while len(pending) < batch_max:
-                    left = deadline - time.monotonic()
+                if pumped:
+                    sub.pump(0.0 if not q.empty() else 0.2)
+                    while len(pending) < batch_max and not q.empty():
+                        pending.append(q.get_nowait())
+                    if not pending:
+                        continue
+                else:
                     try:
-                        pending.append(q.get(timeout=left) if left > 0 else q.get_nowait())
+                        pending.append(q.get(timeout=0.2))
                     except queue.Empty:
-                        break
+                        continue
+                    deadline = time.monotonic() + wait_s
+                    while len(pending) < batch_max:
+                        left = deadline - time.monotonic()
+                        try:
+                            pending.append(q.get(timeout=left) if left > 0 else q.get_nowait())
+                        except queue.Empty:
+                            break
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.url, autocommit=True, application_name=f"carewatch-alerts-{name}")
@@ -231,7 +298,12 @@ class Engine:
                 if conn is not None:
                     conn.close()
                 conn = None
-                self.stop.wait(backoff)
+                if pumped:  # keep the MQTT session alive (pings) while the database is away
+                    deadline = time.monotonic() + backoff
+                    while time.monotonic() < deadline and not self.stop.is_set():
+                        sub.pump(min(0.2, max(0.0, deadline - time.monotonic())))
+                else:
+                    self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue  # nothing acked: retry the same messages
             for m in pending:
@@ -328,62 +400,173 @@ class Engine:
             conn.close()
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def serve(self, ready: threading.Event | None = None) -> None:
-        threads = [
-            threading.Thread(
-                target=self._consume,
-                name="alerts-events",
-                daemon=True,
-                args=("events", self.events_q, self.events_sub, 8, 0.0),
-            ),
-            threading.Thread(
-                target=self._consume,
-                name="alerts-telemetry",
-                daemon=True,
-                args=(
-                    "telemetry",
-                    self.telemetry_q,
-                    self.telemetry_sub,
-                    TELEMETRY_BATCH_MAX,
-                    TELEMETRY_BATCH_WAIT_S,
-                ),
-            ),
-            threading.Thread(
-                target=self._every,
-                name="alerts-timers",
-                daemon=True,
-                args=("timers", lambda: self.settings.alerts_tick_s, lambda c: self.run_timers(c, utcnow())),
-            ),
+    def _threads(self) -> list[threading.Thread]:
+        threads: list[threading.Thread] = []
+        if self.events_sub is not None:
+            threads.append(
+                threading.Thread(
+                    target=self._consume,
+                    name="alerts-events",
+                    daemon=True,
+                    args=("events", self.events_q, self.events_sub, 8, 0.0),
+                    kwargs={"pumped": True},
+                )
+            )
+        if self.telemetry_sub is not None:
+            threads.append(
+                threading.Thread(
+                    target=self._consume,
+                    name="alerts-telemetry",
+                    daemon=True,
+                    args=(
+                        "telemetry",
+                        self.telemetry_q,
+                        self.telemetry_sub,
+                        TELEMETRY_BATCH_MAX,
+                        TELEMETRY_BATCH_WAIT_S,
+                    ),
+                )
+            )
+        if "timers" in self.parts:
+            threads.append(
+                threading.Thread(
+                    target=self._every,
+                    name="alerts-timers",
+                    daemon=True,
+                    args=(
+                        "timers",
+                        lambda: self.settings.alerts_tick_s,
+                        lambda c: self.run_timers(c, utcnow()),
+                    ),
+                )
+            )
+        if "scheduled" in self.parts:
             # Its own thread: a slow webhook must never delay the silence and inactivity timers.
-            threading.Thread(
-                target=self._every,
-                name="alerts-scheduled",
-                daemon=True,
-                args=("scheduled", lambda: SCHEDULED_EVERY_S, lambda c: self.run_scheduled(c, utcnow())),
-            ),
-        ]
+            threads.append(
+                threading.Thread(
+                    target=self._every,
+                    name="alerts-scheduled",
+                    daemon=True,
+                    args=("scheduled", lambda: SCHEDULED_EVERY_S, lambda c: self.run_scheduled(c, utcnow())),
+                )
+            )
+        return threads
+
+    def serve(self, ready: threading.Event | None = None, *, events_child: bool = False) -> None:
+        """Run until `stop`; with `events_child`, events run in a child process (see the module doc)."""
+        threads = self._threads()
         for t in threads:
             t.start()
-        self.events_sub.start()
-        self.telemetry_sub.start()
+        if self.telemetry_sub is not None:
+            self.telemetry_sub.start()  # the events subscriber is pumped by its own thread
+        child = EventsChild(self.settings) if events_child else None
         log.info(
-            "alert engine %s running (group %s)", self.settings.alerts_worker_id, self.settings.alerts_group
+            "alert engine %s running %s (group %s)%s",
+            self.settings.alerts_worker_id,
+            ", ".join(sorted(self.parts)),
+            self.settings.alerts_group,
+            "; events in a child process" if child else "",
         )
         try:
-            while ready is not None and not self.stop.is_set():
-                if self.events_sub.subscribed.is_set() and self.telemetry_sub.subscribed.is_set():
+            while not self.stop.is_set():
+                up = all(s.subscribed.is_set() for s in self.subscribers) and (
+                    child is None or child.ready.is_set()
+                )
+                if ready is not None and up:
                     ready.set()
-                    break
-                self.stop.wait(0.05)
-            self.stop.wait()
+                if child is not None:
+                    child.keep_alive()
+                self.stop.wait(0.05 if ready is not None and not ready.is_set() else 0.5)
         finally:
             self.stop.set()
+            if child is not None:
+                child.stop()
             for t in threads:
                 t.join(timeout=10)
             # Disconnect only after the workers stopped: unacked messages stay in the broker session.
-            self.events_sub.stop()
-            self.telemetry_sub.stop()
+            for sub in self.subscribers:
+                sub.stop()
             log.info("alert engine %s stopped", self.settings.alerts_worker_id)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the parent dies, so a killed engine leaves no orphan session."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child notices its parent is gone below
+        pass
+
+
+def _events_main(settings: Settings, stop: Any, ready: Any, parent: int) -> None:
+    """The events child: its own interpreter, so no GIL is shared with the telemetry batches."""
+    from carewatch import logs
+
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return
+    logs.setup(settings.log_level, json_lines=settings.log_json)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, settings.alerts_events_nice)
+    except OSError as exc:
+        log.warning(
+            "alerts events: priority %s refused (%s); normal priority", settings.alerts_events_nice, exc
+        )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (stop event)
+    local_stop, local_ready = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not local_stop.is_set():
+            if stop.wait(0.5) or os.getppid() != parent:
+                local_stop.set()
+            if local_ready.is_set():
+                ready.set()
+
+    threading.Thread(target=watch, name="alerts-events-watch", daemon=True).start()
+    Engine(settings, local_stop, frozenset({EVENTS})).serve(local_ready)
+
+
+class EventsChild:
+    """The events process, (re)started by the engine's main process."""
+
+    RESTART_AFTER_S = 1.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ctx = mp.get_context("spawn")
+        self.ready = self._ctx.Event()
+        self._stop = self._ctx.Event()
+        self._next_start = 0.0
+        self.proc: Any = None
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = self._ctx.Process(
+            target=_events_main,
+            args=(self.settings, self._stop, self.ready, os.getpid()),
+            name="carewatch-alerts-events",
+            daemon=True,
+        )
+        self.proc.start()
+
+    def keep_alive(self) -> None:
+        if self.proc.is_alive() or self._stop.is_set():
+            return
+        if self._next_start == 0.0:
+            log.error("alerts: events process exited (code %s); restarting it", self.proc.exitcode)
+            self._next_start = time.monotonic() + self.RESTART_AFTER_S
+        if time.monotonic() >= self._next_start:
+            self._next_start = 0.0
+            self.restarts += 1
+            self._start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.join(15)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
 
 
 def run(
@@ -391,7 +574,8 @@ def run(
 ) -> None:
     """Run one engine worker until `stop` is set (the `carewatch alerts` command calls this).
 
-    `ready` is set once both MQTT subscriptions are acknowledged (tests and supervisors wait on it).
+    `ready` is set once every MQTT subscription, the events child's included, is acknowledged (tests and
+    supervisors wait on it).
     """
     from carewatch.migrate import migrate
 
@@ -405,4 +589,4 @@ def run(
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
-    Engine(settings, stop or threading.Event()).serve(ready)
+    Engine(settings, stop or threading.Event(), MAIN_PARTS).serve(ready, events_child=True)

@@ -39,11 +39,14 @@ def thresholds(raw: Any, resident_id: int) -> Thresholds:
         return Thresholds()
 
 
-def load_residents(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentInfo]:
+def load_residents(
+    conn: psycopg.Connection[Any], ids: list[int], devices: list[str] | None = None
+) -> dict[int, ResidentInfo]:
+    """Active residents with these ids, or owning these (enabled) devices."""
     out: dict[int, ResidentInfo] = {}
     with conn.cursor(row_factory=dict_row) as cur:
-        for row in cur.execute(_RESIDENTS_SQL, (ids,)):
-            devices = tuple(
+        for row in cur.execute(_RESIDENTS_SQL, {"ids": ids, "devices": devices or []}):
+            owned = tuple(
                 DeviceInfo(d["id"], d["kind"], int(row["id"]), d.get("room"), int(d["report_interval_s"]))
                 for d in row["devices"]
             )
@@ -55,19 +58,9 @@ def load_residents(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, R
                 geofence_m=float(row["geofence_m"]),
                 dementia=bool(row["dementia"]),
                 thresholds=thresholds(row["thresholds"], int(row["id"])),
-                devices=devices,
+                devices=owned,
             )
     return out
-
-
-def device_residents(conn: psycopg.Connection[Any], device_ids: list[str]) -> dict[str, int | None]:
-    rows = conn.execute(
-        "SELECT id, resident_id FROM devices WHERE id = ANY(%s) AND enabled", (device_ids,)
-    ).fetchall()
-    found: dict[str, int | None] = {d: None for d in device_ids}
-    for device_id, resident_id in rows:
-        found[device_id] = resident_id
-    return found
 
 
 def lock_states(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentState]:
@@ -89,12 +82,12 @@ def lock_states(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Resi
     return states
 
 
+_LOCK_STATES = """SELECT resident_id, state FROM engine_state WHERE resident_id = ANY(%s)
+                   ORDER BY resident_id FOR UPDATE"""
+
+
 def _select_for_update(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentState]:
-    rows = conn.execute(
-        """SELECT resident_id, state FROM engine_state WHERE resident_id = ANY(%s)
-            ORDER BY resident_id FOR UPDATE""",
-        (ids,),
-    ).fetchall()
+    rows = conn.execute(_LOCK_STATES, (ids,)).fetchall()
     return {int(r[0]): ResidentState.from_json(r[1]) for r in rows}
 
 
@@ -111,13 +104,30 @@ def save_states(
     )
 
 
-def mark_seen(conn: psycopg.Connection[Any], device_id: str, ts: datetime, seq: int) -> bool:
-    """True the first time an event is seen; a redelivered event returns False and must be skipped."""
-    row = conn.execute(
-        "INSERT INTO engine_seen (device_id, ts, seq) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-        (device_id, ts, seq),
-    ).fetchone()
-    return row is not None
+def seen_and_lock(
+    conn: psycopg.Connection[Any], events: list[tuple[str, datetime, int]], ids: list[int]
+) -> tuple[set[tuple[str, datetime, int]], dict[int, ResidentState]]:
+    """Record these events as seen (returns those seen for the first time: a redelivered event is not
+    among them and must be skipped), then lock these residents' states: one round trip in pipeline mode.
+
+    Seen rows are inserted in key order before any state lock, and state locks in id order, so two
+    workers handling the same events wait for each other but never deadlock."""
+    events = sorted(set(events))
+    seen = None
+    if events:
+        seen = conn.cursor().execute(
+            """INSERT INTO engine_seen (device_id, ts, seq)
+               SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[]) ORDER BY 1, 2, 3
+               ON CONFLICT DO NOTHING RETURNING device_id, ts, seq""",
+            ([e[0] for e in events], [e[1] for e in events], [e[2] for e in events]),
+        )
+    ids = sorted(set(ids))
+    locked = conn.cursor().execute(_LOCK_STATES, (ids,))
+    fresh = {(str(d), ts, int(q)) for d, ts, q in seen.fetchall()} if seen is not None else set()
+    states = {int(r[0]): ResidentState.from_json(r[1]) for r in locked.fetchall()}
+    if len(states) < len(ids):
+        states = lock_states(conn, ids)
+    return fresh, states
 
 
 def discover(conn: psycopg.Connection[Any], now: datetime) -> int:
@@ -200,21 +210,14 @@ def _raise(
     conn: psycopg.Connection[Any], resident_id: int, a: Raise, now: datetime, settings: Settings
 ) -> None:
     details = {**a.details, "late": a.late} if a.late else dict(a.details)
-    current = _open_alert(conn, resident_id, a.rule)
-    if current is not None:
-        conn.execute(
-            """UPDATE alerts SET count = count + 1, last_seen_at = GREATEST(last_seen_at, %s),
-                      details = details || %s, late = late OR %s WHERE id = %s""",
-            (a.event_at, Jsonb({**details, "last_device": a.device_id}), a.late, current["id"]),
-        )
-        if current["call_id"] is None or current["call_status"] == "resolved":
-            _call(conn, resident_id, int(current["id"]), a, now, settings)
-        return
+    # Insert first (the partial unique index alerts_one_open decides): a new emergency is one round trip.
     row = conn.execute(
         """WITH a AS (
                INSERT INTO alerts (resident_id, device_id, rule, priority, opened_at, raised_at, last_seen_at,
                                    late, title, details)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (resident_id, rule) WHERE status = 'open' DO NOTHING
+               RETURNING id)
            INSERT INTO alert_log (alert_id, from_status, to_status, reason)
            SELECT id, NULL, 'open', %s FROM a RETURNING alert_id""",
         (
@@ -231,9 +234,20 @@ def _raise(
             f"{a.rule} raised" + (" (late)" if a.late else ""),
         ),
     ).fetchone()
-    assert row is not None
-    alert_id = int(row[0])
-    _call(conn, resident_id, alert_id, a, now, settings)
+    if row is not None:
+        _call(conn, resident_id, int(row[0]), a, now, settings)
+        return
+    current = _open_alert(conn, resident_id, a.rule)
+    if current is None:  # the open alert was closed between the two statements: try again
+        _raise(conn, resident_id, a, now, settings)
+        return
+    conn.execute(
+        """UPDATE alerts SET count = count + 1, last_seen_at = GREATEST(last_seen_at, %s),
+                  details = details || %s, late = late OR %s WHERE id = %s""",
+        (a.event_at, Jsonb({**details, "last_device": a.device_id}), a.late, current["id"]),
+    )
+    if current["call_id"] is None or current["call_status"] == "resolved":
+        _call(conn, resident_id, int(current["id"]), a, now, settings)
 
 
 def _clear(conn: psycopg.Connection[Any], resident_id: int, c: Clear, now: datetime) -> None:

@@ -1,45 +1,23 @@
 """Part 2: event -> call. Falls at random times under a fixed background telemetry load, with ingest, the
-alert engine and the API as real processes; the loopback floor is measured through the same broker at the
-same time (publish -> subscribe round trip of probes on a topic no service reads)."""
+alert engine and the API as real processes. A prober process of its own publishes each fall and waits for
+the NOTIFY its call sends on commit; between falls it measures the loopback floor through the same broker
+(publish -> subscribe round trip on a topic no service reads). The live feed (SSE through the API) is
+timed from the bench process as a second, end-to-end number."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import random
-import threading
 import time
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from bench.api_client import Api, LiveReader
-from bench.common import Env, load_sampler, say, summary_ms, wait_for
+from bench.common import Env, load_sampler, say, stop_process, summary_ms, wait_for
 from bench.drain import Workers, _specs, enrol, py_spy
 from bench.load import Publishers
-from bench.probe import CallPoller, ProbeClient
-from carewatch.mqtt import make_client
+from bench.probe import ProbeClient, ProberPlan, run_prober
 from device_sim.fleet import Fleet
-
-
-class Loopback:
-    """A QoS 1 subscriber on bench/loopback: arrival times of the probes the bench publishes."""
-
-    def __init__(self, url: str) -> None:
-        self.arrived: dict[int, float] = {}
-        self.subscribed = threading.Event()
-        self.client, props, target = make_client(url, "bench-loopback-sub")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe("bench/loopback", qos=1)
-        self.client.connect(target.host, target.port, keepalive=60, clean_start=True, properties=props)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.arrived[int(msg.payload)] = time.time()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _fall(probe: ProbeClient, device: str, rid: int) -> None:
@@ -66,13 +44,12 @@ def run(env: Env, quick: bool, fleet: Fleet | None = None) -> dict[str, Any]:
     probe = ProbeClient(env.mqtt_url, "bench-fall-probe")
     live = LiveReader(api)
     live.start()
-    calls = CallPoller(env)
-    calls.start()
-    loop = Loopback(env.mqtt_url)
+    ctx = mp.get_context("spawn")
+    results: Any = ctx.Queue()
+    prober = None
     try:
         ingest.ready(probe, probe_dev)
         wait_for(live.connected.is_set, 30, "the live feed")
-        wait_for(loop.subscribed.is_set, 30, "the loopback subscription")
         # warm-up: one fall end to end (engine subscribed, caches warm, SSE delivering)
         warm_rid, warm_dev = targets.pop()
         _fall(probe, warm_dev, int(warm_rid))  # type: ignore[arg-type]
@@ -80,61 +57,54 @@ def run(env: Env, quick: bool, fleet: Fleet | None = None) -> dict[str, Any]:
         say(f"event->call: engine and live feed up; {rate:,.0f} msg/s background for {duration:.0f}s")
         rng = random.Random(5)
         fall_at = sorted(rng.uniform(3.0, duration - 3.0) for _ in targets)
+        plan = ProberPlan(
+            env.mqtt_url,
+            env.database_url,
+            [(at, int(rid), dev) for at, (rid, dev) in zip(fall_at, targets, strict=True)],  # type: ignore[arg-type]
+            duration,
+        )
         with load_sampler() as load:
             pubs = Publishers(_specs(env, fleet, int(rate * duration), "bg", rate=rate / 2, live_ts=True))
-            began = time.monotonic()
+            prober = ctx.Process(target=run_prober, args=(plan, results), daemon=True)
+            prober.start()
             spy = py_spy(alerts.pid, env.run_dir / "alerts-profile.txt", 20) if env.profile else None
-            fi = li = 0
-            while time.monotonic() - began < duration - 1 and (fi < len(targets)):
-                now = time.monotonic() - began
-                if fi < len(fall_at) and now >= fall_at[fi]:
-                    rid, dev = targets[fi]
-                    _fall(probe, dev, int(rid))  # type: ignore[arg-type]
-                    fi += 1
-                else:
-                    li += 1
-                    probe.publish(("loop", li), "bench/loopback", str(li).encode())
-                    time.sleep(0.02)
+            probed: dict[str, Any] = results.get(timeout=duration + 120)
             pub = pubs.join(timeout=duration + 300)
             if spy is not None:
                 spy.wait(60)
-            wanted = [int(rid) for rid, _d in targets[:fi]]  # type: ignore[arg-type]
-            wait_for(
-                lambda: all(r in calls.seen and r in live.arrived for r in wanted), 120, "every fall's call"
-            )
+            wanted = [rid for rid, _w, _s in probed["falls"]]
+            wait_for(lambda: all(r in live.arrived for r in wanted), 120, "every fall on the live feed")
         say(f"event->call: background published {pub.messages:,} at {pub.messages / pub.wall_s:,.0f} msg/s")
     finally:
-        calls.stop_flag.set()
+        if prober is not None and prober.is_alive():
+            prober.kill()
         live.stop()
-        loop.close()
         probe.close()
         ingest.stop()
         for proc in list(env.procs):
-            from bench.common import stop_process
-
             stop_process(proc)
             env.procs.remove(proc)
-    committed = [calls.seen[r][1] - probe.sent[r] for r in wanted]
-    visible = [calls.seen[r][0] - probe.sent[r] for r in wanted]
-    sse = [live.arrived[r] - probe.sent[r] for r in wanted]
+    committed = [s for _r, _w, s in probed["falls"]]
+    sse = [live.arrived[r] - w for r, w, _s in probed["falls"]]
     notify_to_sse = [live.arrived[r] - live.event_at[r] for r in wanted if r in live.event_at]
-    floor = [loop.arrived[i] - probe.sent[("loop", i)] for i in range(1, li + 1) if i in loop.arrived]
+    floor = probed["floor"]
+    li = len(floor) + probed["lost_floor"]
     out: dict[str, Any] = {
         "background_offered_msgs_per_s": rate,
         "background_achieved_msgs_per_s": round(pub.messages / pub.wall_s),
         "background_messages": pub.messages,
         "falls": len(wanted),
-        "to_call_created_at": summary_ms(committed),
-        "to_call_visible_poll": summary_ms(visible),
+        "falls_planned": len(targets),
+        "to_call_committed": summary_ms(committed),
         "to_live_feed": summary_ms(sse),
         "live_event_at_to_live_feed": summary_ms(notify_to_sse),
         "loopback_floor": summary_ms(floor),
         "loopback_lost": li - len(floor),
         "load_avg_1m": load,
     }
-    c, f, lb = out["to_call_created_at"], out["to_live_feed"], out["loopback_floor"]
+    c, f, lb = out["to_call_committed"], out["to_live_feed"], out["loopback_floor"]
     say(
-        f"event->call: created_at p50 {c['p50_ms']} p99 {c['p99_ms']} ms; "
+        f"event->call: committed p50 {c['p50_ms']} p99 {c['p99_ms']} ms; "
         f"live feed p50 {f['p50_ms']} p99 {f['p99_ms']} ms; loopback p50 {lb['p50_ms']} ms"
     )
     return out

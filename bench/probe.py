@@ -7,8 +7,10 @@ plus one query late. The payload's ts is epoch milliseconds; the exact publish w
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -65,23 +67,81 @@ class TelemetryPoller(threading.Thread):
                 time.sleep(max(0.0, POLL_S - (time.time() - began)))
 
 
-class CallPoller(threading.Thread):
-    """Polls new calls by id; remembers for each resident when its call became visible and created_at."""
+@dataclass
+class ProberPlan:
+    mqtt_url: str
+    database_url: str
+    falls: list[tuple[float, int, str]]  # (seconds after start, resident id, wristband id), sorted
+    duration_s: float
+    loop_every_s: float = 0.02
 
-    def __init__(self, env: Env) -> None:
-        super().__init__(daemon=True)
-        self.env = env
-        self.seen: dict[int, tuple[float, float]] = {}  # resident_id -> (seen wall time, created_at)
-        self.stop_flag = threading.Event()
 
-    def run(self) -> None:
-        last = 0
-        with self.env.connect() as conn:
-            while not self.stop_flag.is_set():
-                began = time.time()
-                for cid, rid, created in conn.execute(
-                    "SELECT id, resident_id, created_at FROM calls WHERE id > %s ORDER BY id", (last,)
-                ).fetchall():
-                    last = max(last, int(cid))
-                    self.seen.setdefault(int(rid), (began, created.timestamp()))
-                time.sleep(max(0.0, POLL_S - (time.time() - began)))
+def _connected(url: str, client_id: str) -> mqtt.Client:
+    client, props, target = make_client(url, client_id)
+    client.connect(target.host, target.port, keepalive=120, clean_start=True, properties=props)
+    deadline = time.monotonic() + 30
+    while not client.is_connected():
+        client.loop(0.05)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"prober {client_id}: no CONNACK")
+    return client
+
+
+def run_prober(plan: ProberPlan, out: Any) -> None:
+    """A process of its own, one thread, nothing else to do: publish each fall at its time and wait for
+    the NOTIFY that its call's live_events row sends on commit, so "committed" is observed, not inferred
+    from a column. Between falls, loopback probes (publish -> receive through the same broker) measure
+    the floor the same way. Returns {"falls": [(rid, sent wall time, s)], "floor": [s], "lost_floor": n}."""
+    import psycopg
+
+    pub = _connected(plan.mqtt_url, "bench-prober-pub")
+    sub = _connected(plan.mqtt_url, "bench-prober-sub")
+    got: list[float] = []
+    sub.on_message = lambda _c, _u, _m: got.append(time.perf_counter())
+    sub.subscribe("bench/loopback", qos=1)
+    conn = psycopg.connect(plan.database_url, autocommit=True)
+    conn.execute("LISTEN carewatch_live")
+    for _ in range(20):  # let the SUBACK arrive
+        sub.loop(0.01)
+    falls: list[tuple[int, float, float]] = []
+    floor: list[float] = []
+    lost = 0
+    began = time.monotonic()
+    todo = list(plan.falls)
+    while time.monotonic() - began < plan.duration_s and todo:
+        if time.monotonic() - began >= todo[0][0]:
+            _at, rid, device = todo.pop(0)
+            body = {"ts": int(time.time() * 1000), "seq": 1, "type": "fall", "confidence": 0.95}
+            wall, sent = time.time(), time.perf_counter()
+            pub.publish(f"care/v1/{device}/event", json.dumps(body).encode(), qos=1)
+            while time.perf_counter() - sent < 30:
+                # queries can't run inside notifies() (it holds the connection): take one, then look
+                payloads = [n.payload for n in conn.notifies(timeout=1.0, stop_after=1)]
+                seen = time.perf_counter()
+                row = (
+                    conn.execute(
+                        "SELECT resident_id, kind FROM live_events WHERE id = %s", (int(payloads[0]),)
+                    ).fetchone()
+                    if payloads
+                    else None
+                )
+                if row is not None and int(row[0]) == rid and row[1] == "call.created":
+                    falls.append((rid, wall, seen - sent))
+                    break
+            pub.loop(0)
+            continue
+        got.clear()
+        sent = time.perf_counter()
+        pub.publish("bench/loopback", b"1", qos=1)
+        while not got and time.perf_counter() - sent < 2:
+            sub.loop(0.002)
+        if got:
+            floor.append(got[0] - sent)
+        else:
+            lost += 1
+        pub.loop(0)
+        time.sleep(plan.loop_every_s)
+    conn.close()
+    pub.disconnect()
+    sub.disconnect()
+    out.put({"falls": falls, "floor": floor, "lost_floor": lost})

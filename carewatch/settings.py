@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     alerts_group: str = "alerts"
     alerts_worker_id: str = "1"
     alerts_tick_s: float = Field(default=1.0, gt=0, description="Timer resolution for silence/inactivity.")
+    alerts_events_nice: int = Field(
+        default=-10,
+        ge=-20,
+        le=19,
+        description="Scheduling priority of the engine's events process (falls, SOS): on a busy machine it "
+        "runs first. Below 0 needs CAP_SYS_NICE; if refused, it runs at normal priority and says so.",
+    )
 
     # --- hotline queue ----------------------------------------------------------------------
     answer_target_s: dict[int, int] = Field(

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from hotline import lifecycle
-from hotline.store import emit_live, fetch_one, log_action, notify_family
+from hotline.store import fetch_one, log_action, notify_family, queue_live
 
 SYSTEM_ALERTS = "system:alerts"
 _OPEN_CALL = "SELECT * FROM calls WHERE resident_id = %s AND status <> 'resolved' FOR UPDATE"
@@ -49,9 +49,7 @@ def open_or_attach(
         created = False
         call: dict[str, Any] | None = None
         for _ in range(5):  # bounded: a concurrent resolve between insert and re-select is rare
-            call = fetch_one(conn, _OPEN_CALL, (resident_id,))
-            if call is not None:
-                break
+            # Insert first: an emergency usually opens a new call, and then this is one round trip.
             call = fetch_one(
                 conn,
                 """INSERT INTO calls (resident_id, priority, status, title, reason, event_at, late,
@@ -63,6 +61,9 @@ def open_or_attach(
             )
             if call is not None:
                 created = True
+                break
+            call = fetch_one(conn, _OPEN_CALL, (resident_id,))
+            if call is not None:
                 break
         if call is None:
             raise RuntimeError(f"could not open or find a call for resident {resident_id}")
@@ -79,7 +80,7 @@ def open_or_attach(
                 to_status="queued",
                 detail={"alert_id": alert_id, "rule": rule, "priority": priority, "late": late},
             )
-            emit_live(conn, call_id, "call.created", now)
+            queue_live(conn, call_id, "call.created", now)
             notify_family(conn, call_id, resident_id, priority, now)
             return CallRef(call_id, True, priority)
 
@@ -124,7 +125,7 @@ def open_or_attach(
             current = priority
         else:
             conn.execute("UPDATE calls SET version = version + 1 WHERE id = %s", (call_id,))
-        emit_live(conn, call_id, "call.updated", now)
+        queue_live(conn, call_id, "call.updated", now)
         notify_family(conn, call_id, resident_id, current, now)
         return CallRef(call_id, False, current)
 
@@ -176,4 +177,4 @@ def wearer_cancel(
                 "to_priority": new_priority,
             },
         )
-        emit_live(conn, call_id, "call.updated", now)
+        queue_live(conn, call_id, "call.updated", now)

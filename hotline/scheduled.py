@@ -13,7 +13,7 @@ from typing import Any
 from carewatch.settings import Settings
 from hotline import lifecycle
 from hotline.notify import Message, Notifier
-from hotline.store import AnyConn, emit_live, fetch_all, json_ready, log_action, notify_supervisors
+from hotline.store import AnyConn, fetch_all, json_ready, log_action, notify_supervisors, queue_live
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def escalate_due(conn: AnyConn, now: datetime, settings: Settings) -> int:
                 to_status=call["status"],
                 detail={"level": step.level, "overdue_s": overdue, "priority": call["priority"]},
             )
-            emit_live(conn, call["id"], "call.escalated", now)
+            queue_live(conn, call["id"], "call.escalated", now)
             notify_supervisors(conn, call["id"], now)
             done += 1
     if done:
@@ -105,7 +105,7 @@ def release_stale_claims(conn: AnyConn, now: datetime, settings: Settings) -> in
                     "idle_s": (now - call["last_action_at"]).total_seconds(),
                 },
             )
-            emit_live(conn, call["id"], "call.updated", now)
+            queue_live(conn, call["id"], "call.updated", now)
             done += 1
     if done:
         log.info("returned %d idle claim(s) to the queue", done)

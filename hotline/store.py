@@ -95,21 +95,29 @@ def log_action(
     )
 
 
+_LIVE_SQL = f"""
+INSERT INTO live_events (at, kind, call_id, resident_id, payload)
+SELECT %s, %s, s.id, s.resident_id, to_jsonb(s) FROM ({SUMMARY_SQL}) s
+"""
+
+
+def queue_live(conn: AnyConn, call_id: int, kind: str, at: datetime) -> None:
+    """Insert the live_events row for a change (its trigger NOTIFYs on commit). The payload is built by
+    the database, so in pipeline mode this costs no round trip (the alert engine's emergency path)."""
+    conn.execute(_LIVE_SQL, (at, kind, call_id))
+
+
 def emit_live(conn: AnyConn, call_id: int, kind: str, at: datetime) -> dict[str, Any]:
-    """Insert the live_events row for a change (its trigger NOTIFYs on commit); returns the summary."""
-    summary = call_summary(conn, call_id)
-    conn.execute(
-        "INSERT INTO live_events (at, kind, call_id, resident_id, payload) VALUES (%s, %s, %s, %s, %s)",
-        (at, kind, call_id, summary["resident_id"], Jsonb(json_ready(summary))),
-    )
-    return summary
+    """:func:`queue_live`, then the call's summary for the caller's response."""
+    queue_live(conn, call_id, kind, at)
+    return call_summary(conn, call_id)
 
 
-def notify_family(conn: AnyConn, call_id: int, resident_id: int, priority: int, now: datetime) -> int:
+def notify_family(conn: AnyConn, call_id: int, resident_id: int, priority: int, now: datetime) -> None:
     """Queue one family notification per recipient per call (UNIQUE(call_id, recipient) keeps it once)."""
     if priority not in FAMILY_NOTIFY_PRIORITIES:
-        return 0
-    cur = conn.execute(
+        return
+    conn.execute(
         """INSERT INTO notifications (call_id, recipient, channel, kind, created_at)
            SELECT %(call)s, 'contact:' || c.id, 'webhook', 'family', %(now)s
              FROM contacts c WHERE c.resident_id = %(rid)s AND c.notify
@@ -120,7 +128,6 @@ def notify_family(conn: AnyConn, call_id: int, resident_id: int, priority: int, 
            ON CONFLICT (call_id, recipient) DO NOTHING""",
         {"call": call_id, "rid": resident_id, "now": now},
     )
-    return cur.rowcount
 
 
 def notify_supervisors(conn: AnyConn, call_id: int, now: datetime) -> int:
