@@ -42,7 +42,7 @@ import psycopg
 from alerts import rules, store
 from alerts.models import Action, ResidentInfo
 from carewatch.contract import Accepted, parse
-from carewatch.db import connect
+from carewatch.db import connect, pipelined_transaction
 from carewatch.mqtt import Subscriber
 from carewatch.settings import Settings
 from hotline import notify, scheduled
@@ -217,7 +217,7 @@ class Engine:
             return
         # Pipeline mode: statements whose results nobody reads (state write-back, audit rows, live
         # events) travel with the next one that is read: a fall is a handful of round trips, not twenty.
-        with conn.pipeline(), conn.transaction():
+        with pipelined_transaction(conn):
             owners, infos = self.registry.lookup(conn, {a.device_id for a in accepted})
             by_resident: dict[int, list[Accepted]] = defaultdict(list)
             for a in accepted:

@@ -189,6 +189,7 @@ def _call(
     a: Raise,
     now: datetime,
     settings: Settings,
+    tried: dict[str, Any] | bool | None = False,
 ) -> None:
     from hotline.intake import open_or_attach
 
@@ -203,51 +204,73 @@ def _call(
         late=a.late,
         now=now,
         answer_target_s=settings.answer_target(a.priority),
+        tried=tried,
     )
+
+
+_INSERT_ALERT = """WITH a AS (
+    INSERT INTO alerts (resident_id, device_id, rule, priority, opened_at, raised_at, last_seen_at,
+                        late, title, details)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (resident_id, rule) WHERE status = 'open' DO NOTHING
+    RETURNING id)
+INSERT INTO alert_log (alert_id, from_status, to_status, reason)
+SELECT id, NULL, 'open', %s FROM a RETURNING alert_id"""
 
 
 def _raise(
     conn: psycopg.Connection[Any], resident_id: int, a: Raise, now: datetime, settings: Settings
 ) -> None:
+    """Every raise ends on a call, so the new alert's INSERT (the partial unique index alerts_one_open
+    decides) and the new call's INSERT (calls_one_open_per_resident decides) are sent together: a new
+    emergency costs one round trip for both; the other cases read what is open and go the long way."""
+    from hotline.intake import try_open
+
     details = {**a.details, "late": a.late} if a.late else dict(a.details)
-    # Insert first (the partial unique index alerts_one_open decides): a new emergency is one round trip.
-    row = conn.execute(
-        """WITH a AS (
-               INSERT INTO alerts (resident_id, device_id, rule, priority, opened_at, raised_at, last_seen_at,
-                                   late, title, details)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (resident_id, rule) WHERE status = 'open' DO NOTHING
-               RETURNING id)
-           INSERT INTO alert_log (alert_id, from_status, to_status, reason)
-           SELECT id, NULL, 'open', %s FROM a RETURNING alert_id""",
-        (
-            resident_id,
-            a.device_id,
-            a.rule,
-            a.priority,
-            a.event_at,
-            now,
-            a.event_at,
-            a.late,
-            a.title,
-            Jsonb(details),
-            f"{a.rule} raised" + (" (late)" if a.late else ""),
-        ),
-    ).fetchone()
+    values = (
+        resident_id,
+        a.device_id,
+        a.rule,
+        a.priority,
+        a.event_at,
+        now,
+        a.event_at,
+        a.late,
+        a.title,
+        Jsonb(details),
+        f"{a.rule} raised" + (" (late)" if a.late else ""),
+    )
+    inserted = conn.cursor().execute(_INSERT_ALERT, values)
+    attempt = try_open(
+        conn,
+        resident_id=resident_id,
+        priority=a.priority,
+        rule=a.rule,
+        title=a.title,
+        event_at=a.event_at,
+        late=a.late,
+        now=now,
+        answer_target_s=settings.answer_target(a.priority),
+    )
+    row = inserted.fetchone()
+    call = attempt.row()
     if row is not None:
-        _call(conn, resident_id, int(row[0]), a, now, settings)
+        _call(conn, resident_id, int(row[0]), a, now, settings, tried=call)
         return
     current = _open_alert(conn, resident_id, a.rule)
-    if current is None:  # the open alert was closed between the two statements: try again
-        _raise(conn, resident_id, a, now, settings)
+    if current is None:  # the open alert was closed between the two statements: open a new one
+        again = conn.execute(_INSERT_ALERT, values).fetchone()
+        if again is None:
+            raise RuntimeError(f"resident {resident_id}: alert {a.rule} neither open nor insertable")
+        _call(conn, resident_id, int(again[0]), a, now, settings, tried=call)
         return
     conn.execute(
         """UPDATE alerts SET count = count + 1, last_seen_at = GREATEST(last_seen_at, %s),
                   details = details || %s, late = late OR %s WHERE id = %s""",
         (a.event_at, Jsonb({**details, "last_device": a.device_id}), a.late, current["id"]),
     )
-    if current["call_id"] is None or current["call_status"] == "resolved":
-        _call(conn, resident_id, int(current["id"]), a, now, settings)
+    if call is not None or current["call_id"] is None or current["call_status"] == "resolved":
+        _call(conn, resident_id, int(current["id"]), a, now, settings, tried=call)
 
 
 def _clear(conn: psycopg.Connection[Any], resident_id: int, c: Clear, now: datetime) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import random
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from bench.drain import Workers, _specs, enrol, py_spy
 from bench.load import Publishers
 from bench.probe import ProbeClient, ProberPlan, run_prober
 from device_sim.fleet import Fleet
+
+BACKGROUND_NICE = 10
 
 
 def _fall(probe: ProbeClient, device: str, rid: int) -> None:
@@ -65,6 +68,9 @@ def run(env: Env, quick: bool, fleet: Fleet | None = None) -> dict[str, Any]:
         )
         with load_sampler() as load:
             pubs = Publishers(_specs(env, fleet, int(rate * duration), "bg", rate=rate / 2, live_ts=True))
+            for p in pubs.procs:  # the load stands for devices on other machines: it yields to the system
+                if p.pid is not None:
+                    os.setpriority(os.PRIO_PROCESS, p.pid, BACKGROUND_NICE)
             prober = ctx.Process(target=run_prober, args=(plan, results), daemon=True)
             prober.start()
             spy = py_spy(alerts.pid, env.run_dir / "alerts-profile.txt", 20) if env.profile else None

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -49,3 +50,34 @@ def storage(conn: psycopg.Connection) -> Storage:
 def transaction(url: str) -> Iterator[psycopg.Connection]:
     with connect(url) as conn, conn.transaction():
         yield conn
+
+
+@contextmanager
+def atomic(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction of its own when called outside one; inside the caller's, just the caller's.
+
+    A savepoint would make a nested failure recoverable, which nobody here wants (the whole batch is
+    retried), and in pipeline mode every SAVEPOINT and RELEASE is a round trip of its own. Pipeline mode
+    is only used inside :func:`pipelined_transaction`, so a pipeline means a transaction is open."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    if idle and conn.pgconn.pipeline_status == PipelineStatus.OFF:  # a pipeline's status is not current
+        with conn.transaction():
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def pipelined_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """BEGIN ... COMMIT in pipeline mode on an autocommit connection, with BEGIN and COMMIT travelling
+    with the statements around them: only statements whose results are read cost a round trip.
+    (psycopg's own transaction() waits for BEGIN and for COMMIT separately.)"""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield
+            conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise

@@ -13,7 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
+from carewatch.db import atomic
 from hotline import lifecycle
 from hotline.store import fetch_one, log_action, notify_family, queue_live
 
@@ -28,6 +30,47 @@ class CallRef:
     priority: int
 
 
+_INSERT_CALL = """INSERT INTO calls (resident_id, priority, status, title, reason, event_at, late,
+                                     created_at, target_at, next_escalation_at, last_action_at)
+                  VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s)
+                  ON CONFLICT (resident_id) WHERE status <> 'resolved' DO NOTHING
+                  RETURNING *"""
+
+
+@dataclass
+class Attempt:
+    """A call INSERT already sent (pipeline mode): its result is read later, with other statements'."""
+
+    cursor: psycopg.Cursor[dict[str, Any]]
+
+    def row(self) -> dict[str, Any] | None:
+        return self.cursor.fetchone()
+
+
+def try_open(
+    conn: psycopg.Connection[Any],
+    *,
+    resident_id: int,
+    priority: int,
+    rule: str,
+    title: str,
+    event_at: datetime,
+    late: bool,
+    now: datetime,
+    answer_target_s: int,
+) -> Attempt:
+    """Send the INSERT of a new call without waiting for it, so the alert engine's emergency path can
+    pipeline it with the alert's INSERT (one round trip for both); pass the result to open_or_attach."""
+    if priority not in lifecycle.PRIORITIES:
+        raise ValueError(f"priority must be 1..4, got {priority}")
+    target_at = now + timedelta(seconds=answer_target_s)
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(
+        _INSERT_CALL, (resident_id, priority, title, rule, event_at, late, now, target_at, target_at, now)
+    )
+    return Attempt(cur)
+
+
 def open_or_attach(
     conn: psycopg.Connection[Any],
     *,
@@ -40,25 +83,28 @@ def open_or_attach(
     late: bool,
     now: datetime,
     answer_target_s: int,
+    tried: dict[str, Any] | bool | None = False,
 ) -> CallRef:
-    """Open a call for the alert, or attach the alert to the resident's open call (raising its priority)."""
+    """Open a call for the alert, or attach the alert to the resident's open call (raising its priority).
+
+    `tried`: the row of a :func:`try_open` already made in this transaction (None if it found an open
+    call); False when there was none."""
     if priority not in lifecycle.PRIORITIES:
         raise ValueError(f"priority must be 1..4, got {priority}")
     target_at = now + timedelta(seconds=answer_target_s)
-    with conn.transaction():
+    with atomic(conn):
         created = False
         call: dict[str, Any] | None = None
         for _ in range(5):  # bounded: a concurrent resolve between insert and re-select is rare
             # Insert first: an emergency usually opens a new call, and then this is one round trip.
-            call = fetch_one(
-                conn,
-                """INSERT INTO calls (resident_id, priority, status, title, reason, event_at, late,
-                                      created_at, target_at, next_escalation_at, last_action_at)
-                   VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (resident_id) WHERE status <> 'resolved' DO NOTHING
-                   RETURNING *""",
-                (resident_id, priority, title, rule, event_at, late, now, target_at, target_at, now),
-            )
+            if tried is False:
+                call = fetch_one(
+                    conn,
+                    _INSERT_CALL,
+                    (resident_id, priority, title, rule, event_at, late, now, target_at, target_at, now),
+                )
+            else:
+                call, tried = (tried if isinstance(tried, dict) else None), False
             if call is not None:
                 created = True
                 break
@@ -146,7 +192,7 @@ def wearer_cancel(
         from carewatch.settings import get_settings
 
         answer_target_s = get_settings().answer_target(3)
-    with conn.transaction():
+    with atomic(conn):
         call = fetch_one(conn, "SELECT * FROM calls WHERE id = %s FOR UPDATE", (call_id,))
         if call is None:
             raise LookupError(f"call {call_id} does not exist")
