@@ -83,10 +83,14 @@ class Registry:
         self._residents: dict[int, _Entry] = {}
 
     def lookup(
-        self, conn: psycopg.Connection[Any], device_ids: set[str]
+        self,
+        conn: psycopg.Connection[Any],
+        device_ids: set[str],
+        send: Callable[[list[int], list[str]], object] | None = None,
     ) -> tuple[dict[str, int | None], dict[int, ResidentInfo]]:
         """Each device's resident (None: unknown, disabled or inactive) and those residents' facts; all
-        cache misses in one query."""
+        cache misses in one query. `send(known resident ids, devices missed)` runs after that query is
+        sent and before it is read, so in pipeline mode what it sends shares the round trip."""
         now = time.monotonic()
         with self._lock:
             owners = {d: e.value for d in device_ids if (e := self._devices.get(d)) and e.expires > now}
@@ -100,8 +104,15 @@ class Registry:
                         infos[rid] = entry.value
                 else:
                     missing_ids.append(rid)
-        if missing_devices or missing_ids:
-            loaded = store.load_residents(conn, sorted(missing_ids), missing_devices)
+        asked = (
+            store.send_residents(conn, sorted(missing_ids), missing_devices)
+            if missing_devices or missing_ids
+            else None
+        )
+        if send is not None:
+            send(sorted({r for r in owners.values() if r is not None}), missing_devices)
+        if asked is not None:
+            loaded = store.read_residents(asked)
             wanted = set(missing_devices)
             found = {
                 d.device_id: rid
@@ -218,21 +229,21 @@ class Engine:
         # Pipeline mode: statements whose results nobody reads (state write-back, audit rows, live
         # events) travel with the next one that is read: a fall is a handful of round trips, not twenty.
         with pipelined_transaction(conn):
-            owners, infos = self.registry.lookup(conn, {a.device_id for a in accepted})
+            events = [(a.device_id, a.event.ts, a.event.seq) for a in accepted if a.event is not None]
+            sent: list[store.SeenAndLock] = []
+            owners, infos = self.registry.lookup(
+                conn,
+                {a.device_id for a in accepted},
+                lambda ids, devices: sent.append(store.SeenAndLock(conn, events, ids, devices)),
+            )
             by_resident: dict[int, list[Accepted]] = defaultdict(list)
             for a in accepted:
                 rid = owners.get(a.device_id)
                 if rid is not None and rid in infos:
                     by_resident[rid].append(a)
-            events = [
-                (a.device_id, a.event.ts, a.event.seq)
-                for batch in by_resident.values()
-                for a in batch
-                if a.event is not None
-            ]
             # One statement locks every resident of the batch, in id order (no deadlocks between workers),
             # and one writes them back: a batch holds its locks for a few round trips, not one per resident.
-            fresh, states = store.seen_and_lock(conn, events, list(by_resident))
+            fresh, states = sent[0].read(sorted(by_resident))
             saved: list[tuple[int, rules.ResidentState, datetime | None]] = []
             todo: list[tuple[int, list[Action]]] = []
             for rid, state in states.items():

@@ -39,28 +39,38 @@ def thresholds(raw: Any, resident_id: int) -> Thresholds:
         return Thresholds()
 
 
-def load_residents(
+def send_residents(
     conn: psycopg.Connection[Any], ids: list[int], devices: list[str] | None = None
-) -> dict[int, ResidentInfo]:
-    """Active residents with these ids, or owning these (enabled) devices."""
+) -> psycopg.Cursor[dict[str, Any]]:
+    """Ask for the active residents with these ids or owning these (enabled) devices; read the answer
+    with :func:`read_residents` (in pipeline mode, after sending whatever else can travel with it)."""
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(_RESIDENTS_SQL, {"ids": ids, "devices": devices or []})
+    return cur
+
+
+def read_residents(cur: psycopg.Cursor[dict[str, Any]]) -> dict[int, ResidentInfo]:
     out: dict[int, ResidentInfo] = {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        for row in cur.execute(_RESIDENTS_SQL, {"ids": ids, "devices": devices or []}):
-            owned = tuple(
-                DeviceInfo(d["id"], d["kind"], int(row["id"]), d.get("room"), int(d["report_interval_s"]))
-                for d in row["devices"]
-            )
-            out[int(row["id"])] = ResidentInfo(
-                resident_id=int(row["id"]),
-                timezone=row["timezone"],
-                home_lat=row["home_lat"],
-                home_lon=row["home_lon"],
-                geofence_m=float(row["geofence_m"]),
-                dementia=bool(row["dementia"]),
-                thresholds=thresholds(row["thresholds"], int(row["id"])),
-                devices=owned,
-            )
+    for row in cur.fetchall():
+        owned = tuple(
+            DeviceInfo(d["id"], d["kind"], int(row["id"]), d.get("room"), int(d["report_interval_s"]))
+            for d in row["devices"]
+        )
+        out[int(row["id"])] = ResidentInfo(
+            resident_id=int(row["id"]),
+            timezone=row["timezone"],
+            home_lat=row["home_lat"],
+            home_lon=row["home_lon"],
+            geofence_m=float(row["geofence_m"]),
+            dementia=bool(row["dementia"]),
+            thresholds=thresholds(row["thresholds"], int(row["id"])),
+            devices=owned,
+        )
     return out
+
+
+def load_residents(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentInfo]:
+    return read_residents(send_residents(conn, ids))
 
 
 def lock_states(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentState]:
@@ -104,30 +114,58 @@ def save_states(
     )
 
 
-def seen_and_lock(
-    conn: psycopg.Connection[Any], events: list[tuple[str, datetime, int]], ids: list[int]
-) -> tuple[set[tuple[str, datetime, int]], dict[int, ResidentState]]:
-    """Record these events as seen (returns those seen for the first time: a redelivered event is not
-    among them and must be skipped), then lock these residents' states: one round trip in pipeline mode.
+_SEEN = """INSERT INTO engine_seen (device_id, ts, seq)
+SELECT u.* FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[]) AS u (device_id, ts, seq)
+  JOIN devices d ON d.id = u.device_id AND d.enabled AND d.resident_id IS NOT NULL
+ ORDER BY 1, 2, 3
+ON CONFLICT DO NOTHING RETURNING device_id, ts, seq"""
 
-    Seen rows are inserted in key order before any state lock, and state locks in id order, so two
-    workers handling the same events wait for each other but never deadlock."""
-    events = sorted(set(events))
-    seen = None
-    if events:
-        seen = conn.cursor().execute(
-            """INSERT INTO engine_seen (device_id, ts, seq)
-               SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[]) ORDER BY 1, 2, 3
-               ON CONFLICT DO NOTHING RETURNING device_id, ts, seq""",
-            ([e[0] for e in events], [e[1] for e in events], [e[2] for e in events]),
+_LOCK_STATES_OF = """WITH wanted AS (
+    SELECT unnest(%(ids)s::bigint[]) AS id
+    UNION
+    SELECT resident_id FROM devices
+     WHERE id = ANY(%(devices)s::text[]) AND enabled AND resident_id IS NOT NULL
+)
+SELECT s.resident_id, s.state FROM engine_state s JOIN wanted w ON w.id = s.resident_id
+ ORDER BY s.resident_id FOR UPDATE OF s"""
+
+
+class SeenAndLock:
+    """Record events as seen and lock residents' states, sent now and read later: in pipeline mode this
+    travels with the registry look-up, so a fall's first round trip does all three.
+
+    `fresh` holds the events seen for the first time (a redelivered event is not among them and must be
+    skipped). Seen rows are inserted in key order before any state lock, and state locks are taken in id
+    order, so two workers handling the same events wait for each other but never deadlock. States are
+    locked for the residents `ids` and the owners of `devices` (the registry's cache misses)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        events: list[tuple[str, datetime, int]],
+        ids: list[int],
+        devices: list[str],
+    ) -> None:
+        self.conn = conn
+        keys = sorted(set(events))
+        self._seen = (
+            conn.cursor().execute(_SEEN, ([e[0] for e in keys], [e[1] for e in keys], [e[2] for e in keys]))
+            if keys
+            else None
         )
-    ids = sorted(set(ids))
-    locked = conn.cursor().execute(_LOCK_STATES, (ids,))
-    fresh = {(str(d), ts, int(q)) for d, ts, q in seen.fetchall()} if seen is not None else set()
-    states = {int(r[0]): ResidentState.from_json(r[1]) for r in locked.fetchall()}
-    if len(states) < len(ids):
-        states = lock_states(conn, ids)
-    return fresh, states
+        self._locked = conn.cursor().execute(
+            _LOCK_STATES_OF, {"ids": sorted(set(ids)), "devices": sorted(set(devices))}
+        )
+
+    def read(self, residents: list[int]) -> tuple[set[tuple[str, datetime, int]], dict[int, ResidentState]]:
+        """The fresh events and the locked states of `residents` (rows created for those without one)."""
+        fresh = (
+            {(str(d), ts, int(q)) for d, ts, q in self._seen.fetchall()} if self._seen is not None else set()
+        )
+        locked = {int(r[0]): ResidentState.from_json(r[1]) for r in self._locked.fetchall()}
+        if any(rid not in locked for rid in residents):
+            locked.update(lock_states(self.conn, residents))
+        return fresh, {rid: locked[rid] for rid in sorted(residents)}
 
 
 def discover(conn: psycopg.Connection[Any], now: datetime) -> int:
