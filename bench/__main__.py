@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import drain, history, latency, rules_bench
+from bench import drain, history, latency, rules_bench, sim_load
 from bench.common import SERVERS, VAR, Env, dump, machine, say
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +41,13 @@ TARGETS = [
     ),
     ("history_30d_p99_ms", "30-day hourly chart, p99", "< 50 ms", 50, False),
     ("history_24h_p99_ms", "24-hour per-minute chart, p99", "< 50 ms", 50, False),
+    (
+        "sim_load_msgs_per_s",
+        "simulator load mode, QoS 1, acked",
+        "≥ 20,000 msg/s into Mosquitto",
+        20000,
+        True,
+    ),
 ]
 
 
@@ -65,9 +72,9 @@ def flat(storage: str, parts: dict[str, Any], info: dict[str, Any]) -> dict[str,
         out["steady_publish_to_visible_p99_ms"] = st["publish_to_visible"]["p99_ms"]
     e = parts.get("latency")
     if e:
-        out["event_to_call_p50_ms"] = e["to_call_created_at"]["p50_ms"]
-        out["event_to_call_p99_ms"] = e["to_call_created_at"]["p99_ms"]
-        out["event_to_call_max_ms"] = e["to_call_created_at"]["max_ms"]
+        out["event_to_call_p50_ms"] = e["to_call_committed"]["p50_ms"]
+        out["event_to_call_p99_ms"] = e["to_call_committed"]["p99_ms"]
+        out["event_to_call_max_ms"] = e["to_call_committed"]["max_ms"]
         out["event_to_live_feed_p50_ms"] = e["to_live_feed"]["p50_ms"]
         out["event_to_live_feed_p99_ms"] = e["to_live_feed"]["p99_ms"]
         out["loopback_floor_p50_ms"] = e["loopback_floor"]["p50_ms"]
@@ -79,9 +86,19 @@ def flat(storage: str, parts: dict[str, Any], info: dict[str, Any]) -> dict[str,
             out[f"history_24h_p99_ms{key}"] = h[part]["24h"]["p99_ms"]
             out[f"history_30d_p99_ms{key}"] = h[part]["30d"]["p99_ms"]
             out[f"status_p99_ms{key}"] = h[part]["status"]["p99_ms"]
-    for part in ("drain", "latency", "history"):
+    s = parts.get("simload")
+    if s:
+        out["sim_load_msgs_per_s"] = s["msgs_per_s"]
+        out["sim_load_min_1s_msgs_per_s"] = s["min_1s_msgs_per_s"]
+        out["sim_load_duration_s"] = s["duration_s"]
+        out["sim_load_processes"] = s["processes"]
+        out["sim_load_raw_broker_msgs_per_s"] = s["raw_broker_msgs_per_s"]
+        out["sim_load_ratio_to_raw_broker"] = s["ratio_to_raw_broker"]
+        if s.get("live"):
+            out["sim_load_live_msgs_per_s"] = s["live"]["msgs_per_s"]
+    for part in ("drain", "latency", "history", "simload"):
         if parts.get(part):
-            samples = [parts[part]["load_avg_1m"]] if part == "latency" else []
+            samples = [parts[part]["load_avg_1m"]] if part in ("latency", "simload") else []
             if part == "drain":
                 samples = [parts[part]["backlog"]["load_avg_1m"], parts[part]["steady"]["load_avg_1m"]]
             if part == "history":
@@ -143,6 +160,11 @@ def table(runs: list[dict[str, Any]]) -> str:
         ("30 d chart p99, 16 clients, ms", "history_30d_p99_ms_16_clients"),
         ("status p99, 1 client / 16 clients, ms", "status_p99_ms"),
         ("rules alone, evaluations/s", "rules_evaluations_per_s"),
+        ("simulator load ÷ raw broker drain (mosquitto_sub)", "sim_load_ratio_to_raw_broker"),
+        ("simulator load: slowest second, msg/s", "sim_load_min_1s_msgs_per_s"),
+        ("simulator load: duration s / processes", "sim_load_duration_s"),
+        ("raw broker drain in the simulator part, msg/s", "sim_load_raw_broker_msgs_per_s"),
+        ("simulator load, messages generated live (no pool), msg/s", "sim_load_live_msgs_per_s"),
         ("1-min load average, max seen: ingest / event→call / history parts", "load_avg_max_drain"),
     ]
     for label, key in extra:
@@ -153,6 +175,8 @@ def table(runs: list[dict[str, Any]]) -> str:
                 cells.append(f"{_fmt(v)} / {_fmt(r.get('loopback_floor_p99_ms'))}")
             elif key == "load_avg_max_drain" and v is not None:
                 cells.append(f"{v} / {r.get('load_avg_max_latency')} / {r.get('load_avg_max_history')}")
+            elif key == "sim_load_duration_s" and v is not None:
+                cells.append(f"{_fmt(v)} / {r.get('sim_load_processes')}")
             elif key == "status_p99_ms" and v is not None:
                 cells.append(f"{_fmt(v)} / {_fmt(r.get('status_p99_ms_16_clients'))}")
             else:
@@ -216,6 +240,10 @@ def run_storage(
             t = time.monotonic()
             parts["history"] = history.run(env, args.quick)
             say(f"{storage}: history part took {time.monotonic() - t:.0f}s")
+        if "simload" in args.parts:
+            t = time.monotonic()
+            parts["simload"] = sim_load.run(env, args.quick)
+            say(f"{storage}: simulator load part took {time.monotonic() - t:.0f}s")
     finally:
         env.stop()
     info["load_avg_at_end"] = os.getloadavg()
@@ -230,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N, about a minute per storage path")
     parser.add_argument(
         "--parts",
-        default="drain,latency,history,rules",
-        help="comma-separated subset of drain,latency,history,rules",
+        default="drain,latency,history,rules,simload",
+        help="comma-separated subset of drain,latency,history,rules,simload",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the 1-worker ingest drain (20 s)")
     parser.add_argument(

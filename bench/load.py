@@ -1,17 +1,20 @@
 """Publisher processes: the backlog and the steady background load, generated cheaply so the publishers
-themselves take as little of the 2 cores as possible (payloads are protocol v1, as devices send them)."""
+themselves take as little of the 2 cores as possible (payloads are protocol v1, as devices send them).
+
+The wire client is the simulator's (``device_sim.wire.WireClient``: MQTT 5 QoS 1 packets written straight
+onto a socket): paho costs ~100 us of Python per publish, which on 2 cores would make the publishers, not
+the system under test, the bottleneck."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing as mp
 import random
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from device_sim.wire import WINDOW, WireClient
 
 BATCH_SAMPLES = 10
 # A cycle of 20 messages: 12 wristband readings, 7 infrared/presence motion reports, 1 store-and-forward
@@ -68,105 +71,9 @@ def _payload(kind: str, device: str, seq: int, ts_ms: int, rng: random.Random) -
     return json.dumps(body, separators=(",", ":")).encode(), rows
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _varint(len(body)) + body
-
-
-def _str(s: bytes) -> bytes:
-    return len(s).to_bytes(2, "big") + s
-
-
-class RawPublisher:
-    """MQTT 3.1.1 QoS 1 publishing straight onto a socket: paho costs ~100 us of Python per publish, which
-    on 2 cores would make the publishers, not the system under test, the bottleneck. A reader thread
-    counts PUBACKs; at most 50,000 are outstanding so packet ids are never reused while in flight."""
-
-    WINDOW = 50_000
-
-    def __init__(self, url: str, client_id: str) -> None:
-        from carewatch.mqtt import parse_url
-
-        target = parse_url(url)
-        self.sock = socket.create_connection((target.host, target.port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        flags = 0x02
-        payload = _str(client_id.encode())
-        if target.username:
-            flags |= 0x80 | (0x40 if target.password else 0)
-            payload += _str(target.username.encode())
-            if target.password:
-                payload += _str(target.password.encode())
-        body = _str(b"MQTT") + bytes([4, flags]) + (0).to_bytes(2, "big") + payload
-        self.sock.sendall(_packet(0x10, body))
-        connack = self.sock.recv(4)
-        if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
-            raise RuntimeError(f"broker refused the bench publisher: {connack!r}")
-        self.sock.settimeout(None)
-        self.sent = 0
-        self.acked = 0
-        self._buf: list[bytes] = []
-        self._buffered = 0
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        pending = b""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            pending += data
-            n = len(pending) // 4  # only PUBACKs (0x40 0x02 id id) come back to a publisher
-            pending = pending[n * 4 :]
-            with self._cond:
-                self.acked += n
-                self._cond.notify_all()
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.sent += 1
-        pid = (self.sent - 1) % 65535 + 1
-        self._buf.append(_packet(0x32, _str(topic.encode()) + pid.to_bytes(2, "big") + payload))
-        self._buffered += 1
-        if self._buffered >= 256:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._buf:
-            return
-        with self._cond:
-            self._cond.wait_for(lambda: self.sent - self.acked < self.WINDOW, timeout=120)
-        self.sock.sendall(b"".join(self._buf))
-        self._buf.clear()
-        self._buffered = 0
-
-    def wait_acked(self, timeout: float) -> int:
-        self.flush()
-        with self._cond:
-            self._cond.wait_for(lambda: self.acked >= self.sent, timeout=timeout)
-            return self.acked
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.sendall(bytes([0xE0, 0]))
-            self.sock.close()
-
-
 def _worker(spec: Spec, out: Any) -> None:
     rng = random.Random(spec.seed)
-    client = RawPublisher(spec.url, spec.client_id)
+    client = WireClient(spec.url, spec.client_id, window=WINDOW)
     seqs: dict[str, int] = {}
     # seq advances by BATCH_SAMPLES+1 per message so the (device, ts, seq) of every row is unique
     step = BATCH_SAMPLES + 1

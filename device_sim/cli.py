@@ -58,12 +58,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--load",
-        type=float,
+        type=_load_rate,
         default=None,
         metavar="RATE",
-        help="load mode: publish routine traffic at RATE msg/s through service connections",
+        help="load mode: publish routine traffic at RATE msg/s in total (or 'max': as fast as the broker "
+        "acks) from --processes processes, each one raw QoS 1 connection as the account in "
+        "CAREWATCH_MQTT_URL (docs/simulator.md)",
     )
     parser.add_argument("--processes", type=int, default=2, help="load mode: publishing processes")
+
+
+def _load_rate(text: str) -> float:
+    rate = 0.0 if text == "max" else float(text)
+    if rate < 0:
+        raise argparse.ArgumentTypeError("RATE must be positive or 'max'")
+    return rate
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

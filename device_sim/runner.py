@@ -198,7 +198,8 @@ def run(
     )
     summary = Summary(devices=len(fleet.devices()))
 
-    if load_rate:
+    if load_rate is not None:
+        # Load mode publishes as the account in CAREWATCH_MQTT_URL (a service account, see run_load).
         result = run_load(
             settings.mqtt_url,
             fleet,
@@ -206,16 +207,15 @@ def run(
             processes=processes,
             duration_s=duration_s,
             seed=seed,
-            ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
             client_id=f"{settings.mqtt_client_id_prefix}-sim-load",
+            progress=say,
         )
         summary.sent = result.by_kind
         summary.errors = result.errors
+        summary.refused = result.refused
+        summary.reconnects = result.disconnects
         summary.wall_s = result.wall_s
-        say(
-            f"load: {result.sent} messages in {result.wall_s:.1f}s = {result.rate:.0f} msg/s "
-            f"({result.acked} acked at QoS 1 or written at QoS 0)"
-        )
+        say(result.render())
         return summary
 
     now = datetime.now(UTC).replace(microsecond=0)
