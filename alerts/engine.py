@@ -317,8 +317,7 @@ class Engine:
                     self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue  # nothing acked: retry the same messages
-            for m in pending:
-                sub.ack(m)
+            sub.ack_all(pending)
             pending = []
             backoff = 0.1
         if conn is not None:

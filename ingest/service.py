@@ -231,8 +231,7 @@ class Ingest:
                 if self._hold(stop, delay):
                     return  # shutting down: unacked messages stay with the broker
                 delay = min(delay * 2, 5.0)
-        for m in messages:
-            self.subscriber.ack(m)
+        self.subscriber.ack_all(messages)
         metrics.ACKED.inc(len(messages))
 
     def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
