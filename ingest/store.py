@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -39,45 +38,13 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
         conn.execute(query("stage"))
 
 
-_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _field(v: object) -> str:
-    """One value in COPY's text format (telemetry's types: text, timestamptz, integers, floats, bools)."""
-    if v is None:
-        return "\\N"
-    if v is True:
-        return "t"
-    if v is False:
-        return "f"
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, str):
-        return v.translate(_ESCAPE)
-    return repr(v) if isinstance(v, int | float) else str(v).translate(_ESCAPE)
-
-
-def copy_text(rows: list[tuple[object, ...]]) -> bytes:
-    """Rows as one block of COPY text: psycopg's write_row adapts value by value (11 % of ingest's CPU
-    in the benchmark profile); telemetry holds only simple types, so formatting them here is cheaper."""
-    return "".join("\t".join(map(_field, row)) + "\n" for row in rows).encode()
-
-
 def _copy(
-    conn: psycopg.Connection[Any],
-    table: str,
-    columns: tuple[str, ...],
-    rows: list[tuple[object, ...]],
-    *,
-    as_text: bool = False,
+    conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], rows: list[tuple[object, ...]]
 ) -> None:
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
     with conn.cursor() as cur, cur.copy(stmt) as copy:
-        if as_text:
-            copy.write(copy_text(rows))
-            return
         for row in rows:
             copy.write_row(row)
 
@@ -86,7 +53,7 @@ def store(conn: psycopg.Connection[Any], rows: Rows) -> Stored:
     """Write one batch in the caller's transaction; returns what was new."""
     tel_new = ev_new = 0
     if rows.telemetry:
-        _copy(conn, "stage_telemetry", TELEMETRY_COLUMNS, rows.telemetry, as_text=True)
+        _copy(conn, "stage_telemetry", TELEMETRY_COLUMNS, rows.telemetry)
         rec = conn.execute(query("store_telemetry")).fetchone()
         tel_new = int(_first(rec))
     if rows.events:
