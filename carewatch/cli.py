@@ -28,20 +28,19 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _prepare(settings: Settings, *, migrate_db: bool = True):  # type: ignore[no-untyped-def]
+def _prepare(settings: Settings):  # type: ignore[no-untyped-def]
     from carewatch.migrate import migrate
     from carewatch.runtime import resolve
 
     runtime = resolve(settings)
     assert runtime.settings.database_url
-    if migrate_db:
-        store = migrate(runtime.settings.database_url)
-        log.info(
-            "storage: %s",
-            "TimescaleDB hypertables"
-            if store == "timescaledb"
-            else "plain PostgreSQL tables (TimescaleDB not available)",
-        )
+    store = migrate(runtime.settings.database_url)
+    log.info(
+        "storage: %s",
+        "TimescaleDB hypertables"
+        if store == "timescaledb"
+        else "plain PostgreSQL tables (TimescaleDB not available)",
+    )
     return runtime
 
 
@@ -81,9 +80,11 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
+    from carewatch.runtime import resolve
     from device_sim.cli import main
 
-    runtime = _prepare(settings, migrate_db=False)
+    # Only --enrol db writes to the registry; the other modes must not start an embedded PostgreSQL.
+    runtime = resolve(settings, database=args.enrol == "db")
     return int(main(args, runtime.settings))
 
 

@@ -46,13 +46,15 @@ def _service_password(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def resolve(settings: Settings, *, start_broker: bool = True) -> Runtime:
+def resolve(settings: Settings, *, start_broker: bool = True, database: bool = True) -> Runtime:
+    """Fill in what is not configured: the embedded PostgreSQL (unless `database` is False: the caller
+    never touches the database) and the embedded broker."""
     updates: dict[str, object] = {}
-    if not settings.database_url:
+    if not settings.database_url and database:
         from carewatch.embedded import embedded_postgres_url
 
         updates["database_url"] = embedded_postgres_url(settings.data_dir)
-    else:
+    elif settings.database_url:
         log.info("database: %s", _redact(settings.database_url))
     broker = None
     password = None
