@@ -70,13 +70,19 @@ function sortCalls(calls) {
   );
 }
 
+/* Reads overlap when live events come in bursts, and their answers may arrive out of order: only the
+   newest read may paint, or a slow older answer would overwrite a newer one and stay on screen. */
+const reads = { queue: 0, call: 0 };
+
 async function refreshQueue() {
+  const seq = ++reads.queue;
   let calls;
   try {
     calls = listOf(await api("GET", "/calls"), "calls"); // no status: every open call
   } catch (e) {
-    return handleError(e);
+    return seq === reads.queue ? handleError(e) : undefined;
   }
+  if (seq !== reads.queue) return;
   state.calls = sortCalls(calls.filter((c) => c.status !== "resolved"));
   const fresh = [];
   if (state.known) {
@@ -173,6 +179,7 @@ async function openCall(id) {
   for (const r of document.querySelectorAll(".call-row")) r.classList.toggle("selected", Number(r.dataset.callId) === id);
   const panel = $("#call");
   fill(panel, h("p", { class: "muted" }, "…"));
+  reads.call++; // an older reload still on its way must not paint over this call
   try {
     state.detail = await api("GET", `/calls/${id}`);
   } catch (e) {
@@ -201,12 +208,17 @@ async function openCall(id) {
 
 async function reloadCall() {
   if (!state.selected) return;
+  const seq = ++reads.call;
+  const selected = state.selected;
+  let detail;
   try {
-    state.detail = await api("GET", `/calls/${state.selected}`);
+    detail = await api("GET", `/calls/${selected}`);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return closeCall();
+    if (seq === reads.call && e instanceof ApiError && e.status === 404) return closeCall();
     return;
   }
+  if (seq !== reads.call || selected !== state.selected) return;
+  state.detail = detail;
   renderCall();
   renderContacts();
 }
