@@ -102,16 +102,20 @@ def test_fall_flows_live_through_two_consoles(browser: Any, world: Any, sign_in:
         a.keyboard.press("s")
         expect(row(b, call_id)).to_have_attribute("data-status", "in_progress", timeout=LIVE_MS)
 
+        # A half-typed note survives the refresh that recording an attempt (and its live event) brings.
+        a.get_by_test_id("note-input").fill("draft: called the son")
         first = a.get_by_test_id("contact").first
         first.get_by_test_id("attempt-result").select_option("no_answer")
         first.get_by_test_id("record-attempt").click()
         expect(a.get_by_test_id("contact").first.get_by_test_id("attempts")).to_contain_text("no answer")
+        expect(a.get_by_test_id("note-input")).to_have_value("draft: called the son")
         expect(b.get_by_test_id("contact").first.get_by_test_id("attempts")).to_contain_text(
             "no answer", timeout=LIVE_MS
         )
 
         a.get_by_test_id("note-input").fill("Resident not answering; son unreachable")
         a.get_by_test_id("note-submit").click()
+        expect(a.get_by_test_id("note-input")).to_have_value("")
         expect(b.get_by_test_id("call-log")).to_contain_text("son unreachable", timeout=LIVE_MS)
 
         a.get_by_test_id("dispatch-kind").select_option("ambulance")

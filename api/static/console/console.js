@@ -245,15 +245,27 @@ function renderCall() {
     await Promise.all([reloadCall(), refreshQueue()]);
   };
 
+  // A live refresh rebuilds this screen: a note the operator is typing must survive it, focus included.
+  const typing = $('[data-testid="note-input"]');
   const note = h("input", { name: "note", testid: "note-input", "data-i18n-ph": "note_ph", placeholder: t("note_ph"), size: 30 });
+  note.value = typing?.value ?? "";
+  const refocus = typing !== null && document.activeElement === typing ? [typing.selectionStart, typing.selectionEnd] : null;
   const noteForm = h(
     "form",
     {
       onsubmit: async (ev) => {
         ev.preventDefault();
-        if (!note.value.trim()) return;
-        await act("notes", { note: note.value.trim() })();
-        note.value = "";
+        const text = note.value.trim();
+        if (!text) return;
+        note.value = ""; // before the refresh that follows the POST, so it is not carried over
+        try {
+          await api("POST", `/calls/${c.id}/notes`, { note: text });
+        } catch (e) {
+          const now = $('[data-testid="note-input"]');
+          if (now && !now.value) now.value = text;
+          return handleError(e);
+        }
+        await Promise.all([reloadCall(), refreshQueue()]);
       },
     },
     note,
@@ -314,6 +326,10 @@ function renderCall() {
       h("div", { class: "actions" }, dispatchForm, resolveForm),
     ),
   );
+  if (refocus) {
+    note.focus();
+    note.setSelectionRange(refocus[0], refocus[1]);
+  }
 
   const alerts = listOf(c.alerts);
   const log = listOf(c.log);
