@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +82,24 @@ class Registry:
         self._devices: dict[str, _Entry] = {}
         self._residents: dict[int, _Entry] = {}
 
+    def _cached(self, ids: Iterable[int], now: float) -> tuple[dict[int, ResidentInfo], list[int]]:
+        """Cached facts for these residents, and the ids to ask the database for (hold the lock)."""
+        infos: dict[int, ResidentInfo] = {}
+        missing: list[int] = []
+        for rid in ids:
+            entry = self._residents.get(rid)
+            if entry is not None and entry.expires > now:
+                if entry.value is not None:  # None: cached as inactive or unknown
+                    infos[rid] = entry.value
+            else:
+                missing.append(rid)
+        return infos, missing
+
+    def _remember(self, ids: Iterable[int], loaded: dict[int, ResidentInfo], now: float) -> None:
+        """Cache what was loaded, and the absence of the ids that were asked for but not found."""
+        for rid in ids:
+            self._residents[rid] = _Entry(loaded.get(rid), now + CACHE_TTL_S)
+
     def lookup(
         self,
         conn: psycopg.Connection[Any],
@@ -95,15 +113,7 @@ class Registry:
         with self._lock:
             owners = {d: e.value for d in device_ids if (e := self._devices.get(d)) and e.expires > now}
             missing_devices = sorted(d for d in device_ids if d not in owners)
-            infos: dict[int, ResidentInfo] = {}
-            missing_ids: list[int] = []
-            for rid in {r for r in owners.values() if r is not None}:
-                entry = self._residents.get(rid)
-                if entry is not None and entry.expires > now:
-                    if entry.value is not None:
-                        infos[rid] = entry.value
-                else:
-                    missing_ids.append(rid)
+            infos, missing_ids = self._cached({r for r in owners.values() if r is not None}, now)
         asked = (
             store.send_residents(conn, sorted(missing_ids), missing_devices)
             if missing_devices or missing_ids
@@ -124,29 +134,19 @@ class Registry:
                 for d in missing_devices:
                     owners[d] = found.get(d)
                     self._devices[d] = _Entry(owners[d], now + CACHE_TTL_S)
-                for rid in {*missing_ids, *loaded}:
-                    self._residents[rid] = _Entry(loaded.get(rid), now + CACHE_TTL_S)
+                self._remember([*missing_ids, *loaded], loaded, now)
             infos.update(loaded)
         return owners, {rid: infos[rid] for rid in set(owners.values()) if rid is not None and rid in infos}
 
     def residents(self, conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, ResidentInfo]:
         """Facts for these residents (inactive or unknown ones are left out); one query for all misses."""
         now = time.monotonic()
-        out: dict[int, ResidentInfo] = {}
-        missing: list[int] = []
         with self._lock:
-            for rid in ids:
-                entry = self._residents.get(rid)
-                if entry is not None and entry.expires > now:
-                    if entry.value is not None:
-                        out[rid] = entry.value
-                else:
-                    missing.append(rid)
+            out, missing = self._cached(ids, now)
         if missing:
             loaded = store.load_residents(conn, missing)
             with self._lock:
-                for rid in missing:
-                    self._residents[rid] = _Entry(loaded.get(rid), now + CACHE_TTL_S)
+                self._remember(missing, loaded, now)
             out.update(loaded)
         return out
 

@@ -231,19 +231,21 @@ def _call(
 ) -> None:
     from hotline.intake import open_or_attach
 
-    open_or_attach(
-        conn,
-        resident_id=resident_id,
-        alert_id=alert_id,
-        priority=a.priority,
-        rule=a.rule,
-        title=a.title,
-        event_at=a.event_at,
-        late=a.late,
-        now=now,
-        answer_target_s=settings.answer_target(a.priority),
-        tried=tried,
-    )
+    open_or_attach(conn, alert_id=alert_id, tried=tried, **_call_fields(resident_id, a, now, settings))
+
+
+def _call_fields(resident_id: int, a: Raise, now: datetime, settings: Settings) -> dict[str, Any]:
+    """What the hotline needs to open (or find) the call for a raise."""
+    return {
+        "resident_id": resident_id,
+        "priority": a.priority,
+        "rule": a.rule,
+        "title": a.title,
+        "event_at": a.event_at,
+        "late": a.late,
+        "now": now,
+        "answer_target_s": settings.answer_target(a.priority),
+    }
 
 
 _INSERT_ALERT = """WITH a AS (
@@ -279,17 +281,7 @@ def _raise(
         f"{a.rule} raised" + (" (late)" if a.late else ""),
     )
     inserted = conn.cursor().execute(_INSERT_ALERT, values)
-    attempt = try_open(
-        conn,
-        resident_id=resident_id,
-        priority=a.priority,
-        rule=a.rule,
-        title=a.title,
-        event_at=a.event_at,
-        late=a.late,
-        now=now,
-        answer_target_s=settings.answer_target(a.priority),
-    )
+    attempt = try_open(conn, **_call_fields(resident_id, a, now, settings))
     row = inserted.fetchone()
     call = attempt.row()
     if row is not None:

@@ -98,11 +98,17 @@ def open_or_attach(
         for _ in range(5):  # bounded: a concurrent resolve between insert and re-select is rare
             # Insert first: an emergency usually opens a new call, and then this is one round trip.
             if tried is False:
-                call = fetch_one(
+                call = try_open(
                     conn,
-                    _INSERT_CALL,
-                    (resident_id, priority, title, rule, event_at, late, now, target_at, target_at, now),
-                )
+                    resident_id=resident_id,
+                    priority=priority,
+                    rule=rule,
+                    title=title,
+                    event_at=event_at,
+                    late=late,
+                    now=now,
+                    answer_target_s=answer_target_s,
+                ).row()
             else:
                 call, tried = (tried if isinstance(tried, dict) else None), False
             if call is not None:
