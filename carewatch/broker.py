@@ -101,8 +101,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def render_config(*, port: int, data_dir: Path, auth: bool, pid_file: Path) -> str:
+def render_config(*, port: int, data_dir: Path, auth: bool, pid_file: Path, user: str | None = None) -> str:
     lines = [
+        *([f"user {user}"] if user else []),
         f"listener {port} 127.0.0.1",
         "persistence true",
         f"persistence_location {data_dir}/",
@@ -154,8 +155,16 @@ class ManagedBroker:
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(self.data_dir, "mosquitto", "mosquitto") if _user_exists("mosquitto") else None
+        user = None
+        if os.geteuid() == 0 and _user_exists("mosquitto"):
+            # Started by root, mosquitto drops to the user "mosquitto", which must reach the data dir.
+            if _others_can_enter(self.data_dir.parent):
+                shutil.chown(self.data_dir, "mosquitto", "mosquitto")
+            else:  # e.g. a checkout inside a 0700 directory (mktemp -d): keep root's rights
+                user = "root"
+                log.warning(
+                    "broker: %s is closed to other users; mosquitto keeps running as root", self.data_dir
+                )
         if not self.port:
             self.port = free_port()
         if self.auth:
@@ -164,7 +173,9 @@ class ManagedBroker:
                     write_atomic(path, "")
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(
-            render_config(port=self.port, data_dir=self.data_dir, auth=self.auth, pid_file=self.pid_file)
+            render_config(
+                port=self.port, data_dir=self.data_dir, auth=self.auth, pid_file=self.pid_file, user=user
+            )
         )
         log_file = open(self.data_dir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
@@ -196,6 +207,11 @@ class ManagedBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _others_can_enter(path: Path) -> bool:
+    """Whether a user other than the owner can reach `path` (every directory on the way is o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in (path.resolve(), *path.resolve().parents))
 
 
 def _user_exists(name: str) -> bool:

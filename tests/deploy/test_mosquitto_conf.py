@@ -14,6 +14,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -103,7 +104,10 @@ def _chown_tree(path: Path, user: str) -> None:
 
 @pytest.fixture
 def prod_broker() -> Iterator[ProdBroker]:
-    base = ROOT / "var" / "test" / f"prodconf-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # The production config drops root to the user mosquitto, which must reach every file: a temporary
+    # directory opened to others, not the checkout (which may sit inside a 0700 directory).
+    base = Path(tempfile.mkdtemp(prefix="carewatch-prodconf-"))
+    base.chmod(0o755)
     process: subprocess.Popen[bytes] | None = None
     try:
         process, prod = _start(base)
