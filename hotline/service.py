@@ -429,13 +429,7 @@ def reopen(
 # --- reads ------------------------------------------------------------------------------------------
 
 _LIST_SQL = """
-SELECT c.id, c.resident_id, r.name AS resident_name, c.priority, c.status, c.title, c.reason, c.event_at,
-       c.late, c.cancelled_by_wearer, c.created_at, c.target_at, c.claimed_by, u.username AS claimed_by_name,
-       c.claimed_at, c.first_claimed_at, c.last_action_at, c.resolved_at, c.outcome, c.escalation_level,
-       c.escalated_at, c.next_escalation_at, c.version
-  FROM calls c
-  JOIN residents r ON r.id = c.resident_id
-  LEFT JOIN users u ON u.id = c.claimed_by
+SELECT c.* FROM call_summaries c
  WHERE (%(status)s::text IS NULL AND c.status <> 'resolved' OR c.status = %(status)s)
    AND (%(priority)s::int IS NULL OR c.priority = %(priority)s)
    AND (%(rid)s::bigint IS NULL OR c.resident_id = %(rid)s)

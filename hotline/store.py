@@ -14,21 +14,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from hotline.lifecycle import FAMILY_NOTIFY_PRIORITIES
-
 AnyConn = psycopg.Connection[Any]
 
 # The fields of a call that anybody allowed to see the call may see (family included): no notes, no log.
-SUMMARY_SQL = """
-SELECT c.id, c.resident_id, r.name AS resident_name, c.priority, c.status, c.title, c.reason, c.event_at,
-       c.late, c.cancelled_by_wearer, c.created_at, c.target_at, c.claimed_by, u.username AS claimed_by_name,
-       c.claimed_at, c.first_claimed_at, c.last_action_at, c.resolved_at, c.outcome, c.escalation_level,
-       c.escalated_at, c.next_escalation_at, c.version
-  FROM calls c
-  JOIN residents r ON r.id = c.resident_id
-  LEFT JOIN users u ON u.id = c.claimed_by
- WHERE c.id = %s
-"""
+# The view is defined in migration 0006; the live feed's payloads are built from it too.
+SUMMARY_SQL = "SELECT * FROM call_summaries WHERE id = %s"
 
 
 def fetch_one(conn: AnyConn, query: str, params: Any = None) -> dict[str, Any] | None:
@@ -95,39 +85,16 @@ def log_action(
     )
 
 
-_LIVE_SQL = f"""
-INSERT INTO live_events (at, kind, call_id, resident_id, payload)
-SELECT %s, %s, s.id, s.resident_id, to_jsonb(s) FROM ({SUMMARY_SQL}) s
-"""
-
-
 def queue_live(conn: AnyConn, call_id: int, kind: str, at: datetime) -> None:
-    """Insert the live_events row for a change (its trigger NOTIFYs on commit). The payload is built by
-    the database, so in pipeline mode this costs no round trip (the alert engine's emergency path)."""
-    conn.execute(_LIVE_SQL, (at, kind, call_id))
+    """Insert the live_events row for a change (its trigger NOTIFYs on commit). The database function
+    builds the payload, the same way the alert engine's raise_alert does (migration 0006)."""
+    conn.execute("SELECT queue_live(%s, %s, %s)", (call_id, kind, at))
 
 
 def emit_live(conn: AnyConn, call_id: int, kind: str, at: datetime) -> dict[str, Any]:
     """:func:`queue_live`, then the call's summary for the caller's response."""
     queue_live(conn, call_id, kind, at)
     return call_summary(conn, call_id)
-
-
-def notify_family(conn: AnyConn, call_id: int, resident_id: int, priority: int, now: datetime) -> None:
-    """Queue one family notification per recipient per call (UNIQUE(call_id, recipient) keeps it once)."""
-    if priority not in FAMILY_NOTIFY_PRIORITIES:
-        return
-    conn.execute(
-        """INSERT INTO notifications (call_id, recipient, channel, kind, created_at)
-           SELECT %(call)s, 'contact:' || c.id, 'webhook', 'family', %(now)s
-             FROM contacts c WHERE c.resident_id = %(rid)s AND c.notify
-           UNION ALL
-           SELECT %(call)s, 'user:' || u.id, 'webhook', 'family', %(now)s
-             FROM family_links f JOIN users u ON u.id = f.user_id
-            WHERE f.resident_id = %(rid)s AND u.role = 'family' AND NOT u.disabled
-           ON CONFLICT (call_id, recipient) DO NOTHING""",
-        {"call": call_id, "rid": resident_id, "now": now},
-    )
 
 
 def notify_supervisors(conn: AnyConn, call_id: int, now: datetime) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -358,6 +359,10 @@ def test_state_survives_json_round_trip_mid_debounce() -> None:
     run = Run()
     run.send(sample(WB, at(0), hr=140))
     run.send(sample(WB, at(30), seq=1, hr=140))
+    doc = run.state.to_json()
+    assert doc == dataclasses.asdict(run.state)  # to_json is asdict by hand (speed): same document
+    doc["devices"][WB]["last_seen"] = -1.0  # and a copy: writing to it leaves the state alone
+    assert run.state.devices[WB].last_seen != -1.0
     restored = rules.ResidentState.from_json(json.loads(json.dumps(run.state.to_json())))
     assert restored == run.state
     run.state = restored
