@@ -15,11 +15,13 @@ SELECT c.id, c.resident_id, r.name AS resident_name, c.priority, c.status, c.tit
   LEFT JOIN users u ON u.id = c.claimed_by;
 
 -- The live_events row for a change to a call (its trigger NOTIFYs on commit); the payload is the summary.
+-- (PL/pgSQL, not SQL: PostgreSQL before 18 plans a SQL function's body on every call.)
 CREATE FUNCTION queue_live(p_call bigint, p_kind text, p_at timestamptz) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO live_events (at, kind, call_id, resident_id, payload)
-    SELECT p_at, p_kind, s.id, s.resident_id, to_jsonb(s) FROM call_summaries s WHERE s.id = p_call
-$$;
+    SELECT p_at, p_kind, s.id, s.resident_id, to_jsonb(s) FROM call_summaries s WHERE s.id = p_call;
+END $$;
 
 -- Open a call for an alert, or attach the alert to the resident's open call (raising its priority).
 -- One open call per resident (calls_one_open_per_resident): two engine workers racing on one resident
