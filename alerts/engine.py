@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 CACHE_TTL_S = 5.0
 TELEMETRY_BATCH_MAX = 256
 TELEMETRY_BATCH_WAIT_S = 0.02
+TELEMETRY_READ_EVERY_S = 0.005  # telemetry waits for a batch anyway; events are read the moment they arrive
 SCHEDULED_EVERY_S = 1.0
 VISIT_PLANNING_EVERY_S = 600.0
 EVENTS = "events"
@@ -192,6 +193,7 @@ class Engine:
                 base,
                 subscriptions(settings.alerts_group, ("telemetry", "status")),
                 self.telemetry_q.put,
+                read_every_s=TELEMETRY_READ_EVERY_S,
                 **common,
             )
             self.subscribers.append(self.telemetry_sub)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 KINDS = ("telemetry", "event", "status")
 POSITIVE_TTL_S = 30.0
 NEGATIVE_TTL_S = 10.0
+READ_EVERY_S = 0.005  # ingest batches anyway: read the socket at most this often (see BufferedClient)
 
 
 def subscriptions(group: str) -> list[tuple[str, int]]:
@@ -90,6 +91,7 @@ class Ingest:
             receive_maximum=settings.mqtt_receive_maximum,
             ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
             keepalive=settings.mqtt_keepalive_s,
+            read_every_s=READ_EVERY_S,
         )
 
     # --- database --------------------------------------------------------------------------
