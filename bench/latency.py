@@ -33,6 +33,8 @@ def run(env: Env, quick: bool, fleet: Fleet | None = None) -> dict[str, Any]:
     duration = 12.0 if quick else 30.0
     n_falls = 10 if quick else 240  # p99 of 60 samples would just be the maximum
     env.restart_broker()
+    with env.connect() as conn:  # the previous parts' writes are flushed now, not during the falls
+        conn.execute("CHECKPOINT")
     fleet = fleet or enrol(env, 100 if quick else 1000, "dr")
     fallers = enrol(env, n_falls + 1, "fall", seed=11)
     targets = [(r.db_id, r.wristband.id) for r in fallers.residents]

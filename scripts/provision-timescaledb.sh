@@ -59,5 +59,9 @@ fi
 for _ in $(seq 1 30); do
   pg_isready -h 127.0.0.1 -p "$PORT" -q && break; sleep 1
 done
+# The same checkpoint settings as compose.yaml (docs/operations.md, "Database settings and why"); applied
+# on every run, so a cluster made by an earlier version of this script gets them too.
+psql -h 127.0.0.1 -p "$PORT" -U postgres -qAt -c "ALTER SYSTEM SET max_wal_size = '4GB'" \
+  -c "ALTER SYSTEM SET checkpoint_timeout = '15min'" -c "SELECT pg_reload_conf()" >/dev/null
 psql -h 127.0.0.1 -p "$PORT" -U postgres -qAtc "select 'timescaledb ' || default_version from pg_available_extensions where name='timescaledb'"
 echo "provision-timescaledb: ready at postgresql://postgres@127.0.0.1:$PORT/postgres"
