@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -58,6 +59,57 @@ def test_family_sees_their_relative_only(
         assert res.status == 404
         res = page.request.get(f"{api_url}/api/v1/calls", headers=auth)
         assert res.ok and {c["resident_id"] for c in res.json()} == {mine}
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: Any, shots: Any) -> None:
+    """A resolved fall opens on its rescue timeline: the steps in order with their times, no operator
+    names and no internal notes; it stays open through the page's periodic refresh."""
+    from hotline import service as hotline
+
+    mine = world.resident("Zhao Min")
+    user = world.user("family", "son", "Zhao Lei")
+    world.link(user, mine)
+    operator = world.user("operator", "op", "Operator Wu")
+    cid = world.open_call(mine, priority=1, rule="fall", title="Fall detected", age_s=900)
+    with world.connect() as c:
+        row = c.execute("SELECT id FROM users WHERE username = %s", (operator,)).fetchone()
+        op = hotline.Actor(int(row["id"]), operator, "operator")
+        began = datetime.now(UTC) - timedelta(seconds=900)
+        hotline.claim(c, cid, op, began + timedelta(seconds=20))
+        hotline.add_note(c, cid, op, began + timedelta(seconds=30), "key safe 4711", internal=True)
+        sent = hotline.dispatch(
+            c, cid, op, began + timedelta(seconds=60), responder_kind="ambulance", responder_name="Unit 12"
+        )
+        hotline.arrived(c, cid, sent, op, began + timedelta(seconds=600), handover="hospital")
+        hotline.resolve(c, cid, op, began + timedelta(seconds=700), outcome="genuine_emergency", note="ok")
+
+    ctx = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(page, "/family/", user)
+        call = page.locator(f'[data-testid="family-call"][data-call-id="{cid}"]')
+        expect(call).to_have_attribute("data-status", "resolved")
+        call.locator("summary").click()
+        steps = call.get_by_test_id("timeline-step")
+        kinds = ["alarm", "opened", "claimed", "dispatched", "arrived", "handover", "resolved"]
+        expect(steps).to_have_count(len(kinds))
+        assert [steps.nth(i).get_attribute("data-kind") for i in range(len(kinds))] == kinds
+        expect(call.locator('[data-kind="dispatched"]')).to_contain_text("Help sent (ambulance)")
+        expect(call.locator('[data-kind="arrived"]')).to_contain_text("+10:00")
+        expect(call.locator('[data-kind="handover"]')).to_contain_text("Handed over to hospital")
+        for secret in ("Operator Wu", operator, "Unit 12", "key safe"):
+            expect(call).not_to_contain_text(secret)
+        page.screenshot(path=str(shots / "family-timeline.png"), full_page=True)
+
+        # The page re-renders every minute (and on navigation): what the reader opened stays open.
+        page.evaluate("window.dispatchEvent(new HashChangeEvent('hashchange'))")
+        expect(call).to_have_attribute("open", "")
+        expect(call.get_by_test_id("timeline-step")).to_have_count(len(kinds))
         assert errors == []
     finally:
         ctx.close()

@@ -1,12 +1,15 @@
-// Family page: is my relative OK? A plain status, a week of heart rate and activity, and their calls.
+// Family page: is my relative OK? A plain status, a week of heart rate and activity, and their calls,
+// each of which opens on what the hotline did (alarm, call taken, help sent, arrived, handed over).
 // The API decides what a family user may see (404 for anyone else's relative); this page only asks.
 
 import { api, ApiError, fill, h, listOf, login, logout, session, whoami } from "/common/api.js";
 import { barChart, lineChart } from "/common/charts.js";
-import { fmtDateTime, langButton, t, translatePage } from "/common/i18n.js";
+import { fmtDateTime, fmtSeconds, fmtTime, langButton, t, translatePage } from "/common/i18n.js";
 
 const $ = (sel) => document.querySelector(sel);
 let me = null;
+// Calls whose timeline the reader opened: they stay open (and up to date) through the minutely refresh.
+const openCalls = new Set();
 
 function pick(o, ...keys) {
   for (const k of keys) if (o?.[k] !== undefined && o[k] !== null) return o[k];
@@ -136,17 +139,84 @@ async function renderResident(id, section) {
         ? h(
             "ul",
             { class: "plain calls" },
-            ...callList.slice(0, 10).map((c) =>
-              h(
-                "li",
-                { testid: "family-call", "data-status": c.status },
-                h("span", { class: `badge` }, t(`status_${c.status}`)),
-                ` ${c.title || c.reason || ""} `,
-                h("span", { class: "muted" }, fmtDateTime(c.created_at || c.event_at)),
-              ),
-            ),
+            ...callList.slice(0, 10).map((c) => h("li", {}, callItem(c))),
           )
         : h("p", { class: "muted" }, t("no_calls")),
+    ),
+  );
+}
+
+/** One call: its headline, opening on the rescue timeline (fetched when opened; the family summary). */
+function callItem(c) {
+  const body = h("div", { class: "timeline", testid: "family-timeline" }, h("p", { class: "muted" }, "…"));
+  const item = h(
+    "details",
+    { testid: "family-call", "data-status": c.status, "data-call-id": String(c.id) },
+    h(
+      "summary",
+      {},
+      h("span", { class: "badge" }, t(`status_${c.status}`)),
+      ` ${c.title || c.reason || ""} `,
+      h("span", { class: "muted" }, fmtDateTime(c.created_at || c.event_at)),
+    ),
+    body,
+  );
+  let loaded = false;
+  const load = async () => {
+    if (loaded) return;
+    loaded = true;
+    try {
+      fill(body, timelineView(await api("GET", `/welfare/calls/${c.id}/timeline`)));
+    } catch {
+      loaded = false;
+      fill(body, h("p", { class: "muted" }, t("not_available")));
+    }
+  };
+  item.addEventListener("toggle", () => {
+    if (item.open) {
+      openCalls.add(c.id);
+      load();
+    } else openCalls.delete(c.id);
+  });
+  if (openCalls.has(c.id)) {
+    item.open = true;
+    load();
+  }
+  return item;
+}
+
+function stepLabel(s) {
+  if (s.kind === "handover") return t(`ho_${s.handover}`);
+  const label = t(`tl_${s.kind}`);
+  if (s.kind === "dispatched" || s.kind === "arrived") {
+    return `${label} (${t(s.responder_kind === "family" ? "family_kind" : s.responder_kind)})`;
+  }
+  return label;
+}
+
+/** Steps in time order, each with its clock time and how long after the alarm it came. */
+export function timelineView(tl) {
+  const steps = listOf(tl, "steps");
+  const alarm = steps.find((s) => s.kind === "alarm");
+  const t0 = alarm ? new Date(alarm.at).getTime() : null;
+  if (!steps.length) return h("p", { class: "muted" }, t("no_data"));
+  return h(
+    "ol",
+    { class: "plain steps", testid: "timeline-steps" },
+    ...steps.map((s) =>
+      h(
+        "li",
+        { testid: "timeline-step", "data-kind": s.kind },
+        h("span", { class: "when" }, fmtTime(s.at)),
+        h(
+          "span",
+          {},
+          h("span", { class: "what" }, stepLabel(s)),
+          t0 !== null && s.kind !== "alarm"
+            ? h("span", { class: "muted after" }, ` +${fmtSeconds((new Date(s.at).getTime() - t0) / 1000)}`)
+            : null,
+        ),
+      ),
     ),
   );
 }
