@@ -339,6 +339,43 @@ class Engine:
             self._process_isolating(conn, batch[:half])
             self._process_isolating(conn, batch[half:])
 
+    def retire(self, quiet_s: float = 2.0) -> int | None:
+        """Retire this worker id (scaling down): take its telemetry session over, leave the shared group,
+        decide on everything the session held or is still handed, then end the session so the broker
+        forgets it. Returns how many messages were handled; None if stopped first (the session is kept).
+        Events need no retiring: they are not shared, and the events session keeps nothing for others."""
+        sub = self.telemetry_sub
+        assert sub is not None, "retire needs the telemetry part"
+        sub.start()
+        if not sub.subscribed.wait(30):
+            sub.stop()
+            return None
+        sub.leave()
+        handled = 0
+        quiet_since = time.monotonic()
+        with connect(self.url, autocommit=True, application_name="carewatch-alerts-retire") as conn:
+            while not self.stop.is_set():
+                try:
+                    batch = [self.telemetry_q.get(timeout=0.1)]
+                except queue.Empty:
+                    if sub.left.is_set() and time.monotonic() - quiet_since >= quiet_s:
+                        sub.end_session()
+                        log.info(
+                            "alerts: worker %s retired; %d held messages handled",
+                            self.settings.alerts_worker_id,
+                            handled,
+                        )
+                        return handled
+                    continue
+                while len(batch) < TELEMETRY_BATCH_MAX and not self.telemetry_q.empty():
+                    batch.append(self.telemetry_q.get_nowait())
+                self._process_isolating(conn, batch)
+                sub.ack_all(batch)
+                handled += len(batch)
+                quiet_since = time.monotonic()
+        sub.stop()
+        return None
+
     # --- timers -------------------------------------------------------------------------------
     def run_timers(self, conn: psycopg.Connection[Any], now: datetime) -> int:
         """Apply due timers; returns how many residents were handled."""
@@ -579,6 +616,12 @@ class EventsChild:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+
+
+def retire(settings: Settings, stop: threading.Event | None = None) -> int | None:
+    """`carewatch alerts --retire`: see Engine.retire."""
+    assert settings.database_url and settings.mqtt_url, "resolve the service URLs first"
+    return Engine(settings, stop or threading.Event(), frozenset({"telemetry"})).retire()
 
 
 def run(

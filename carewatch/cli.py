@@ -50,18 +50,31 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _retire(service: str, worker: str, handled: int | None) -> int:
+    """The summary of `--retire` (docs/scaling.md): what the session held, or why it is kept."""
+    if handled is None:
+        print(f"{service}: stopped before worker {worker} was retired; its session is kept (run again)")
+        return 1
+    print(f"{service}: worker {worker} retired: {handled} held messages handled; session ended")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.service import run
+    from ingest.service import retire, run
 
     runtime = _prepare(settings)
+    if args.retire:
+        return _retire("ingest", settings.ingest_worker_id, retire(runtime.settings, _stop_on_signals()))
     run(runtime.settings, _stop_on_signals())
     return 0
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.engine import run
+    from alerts.engine import retire, run
 
     runtime = _prepare(settings)
+    if args.retire:
+        return _retire("alerts", settings.alerts_worker_id, retire(runtime.settings, _stop_on_signals()))
     run(runtime.settings, _stop_on_signals())
     return 0
 
@@ -152,8 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=90.0,
         help="seconds between scripted incidents (falls, SOS, ...); 0 for none",
     )
-    add("ingest", cmd_ingest, "Consume device telemetry over MQTT and store it (ack after commit).")
-    add("alerts", cmd_alerts, "Run the alert engine and the hotline queue's timers (escalation, claims).")
+    ingest = add("ingest", cmd_ingest, "Consume device telemetry over MQTT and store it (ack after commit).")
+    ingest.add_argument(
+        "--retire",
+        action="store_true",
+        help="scale down: store what this worker id's session holds, leave the group, end the session",
+    )
+    alerts = add(
+        "alerts", cmd_alerts, "Run the alert engine and the hotline queue's timers (escalation, claims)."
+    )
+    alerts.add_argument(
+        "--retire",
+        action="store_true",
+        help="scale down: decide on what this worker id's session holds, leave the group, end the session",
+    )
     api = add("api", cmd_api, "Serve the HTTP API, the live feed, the operator console and family page.")
     api.add_argument("--host", default=None, help="bind address (env CAREWATCH_API_HOST)")
     api.add_argument("--port", type=int, default=None, help="port (env CAREWATCH_API_PORT)")

@@ -260,7 +260,9 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = lambda _c, _u, msg: on_message(msg)
+        self.left = threading.Event()
 
     def _on_connect(
         self,
@@ -292,6 +294,37 @@ class Subscriber:
             log.error("mqtt: subscription refused by broker: %s", ", ".join(failed))
         else:
             self.subscribed.set()
+
+    def leave(self) -> None:
+        """Unsubscribe from every subscription, and never subscribe again (retiring a worker id): the
+        broker stops giving this session a share; what it already queued is still delivered."""
+        topics = [topic for topic, _qos in self._subs]
+        self._subs = []
+        self.left.clear()
+        self.client.unsubscribe(topics)
+
+    def _on_unsubscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        props: Properties | None,
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.warning("mqtt: unsubscribe answered with %s", ", ".join(failed))
+        self.left.set()
+
+    def end_session(self) -> None:
+        """Disconnect with session expiry 0: the broker deletes the session (call after every ack)."""
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
+        if self.client._thread is not None:
+            self.client.loop_stop()
+        else:
+            self.client.loop(0.1)
 
     def _on_disconnect(
         self,

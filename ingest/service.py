@@ -260,6 +260,49 @@ class Ingest:
             self._drop_conn()
             log.info("ingest: stopped")
 
+    def retire(self, stop: threading.Event, quiet_s: float = 2.0) -> int | None:
+        """Retire this worker id (scaling down): take its session over, leave the shared group, store
+        everything the session held or is still handed, then end the session so the broker forgets it
+        and gives its share to the other workers. Returns how many messages were stored; None if
+        stopped first (the session is kept, nothing lost: run it again)."""
+        self.subscriber.connect()
+        deadline = time.monotonic() + 30
+        while not self.subscriber.subscribed.is_set():  # the session is ours once the SUBACK is back
+            if stop.is_set() or time.monotonic() > deadline:
+                return None
+            self.subscriber.pump(0.1)
+        self.subscriber.leave()
+        stored = 0
+        quiet_since = time.monotonic()
+        while not stop.is_set():
+            self.subscriber.pump(0.05)
+            if self.inbox:
+                batch = [
+                    self.inbox.popleft() for _ in range(min(len(self.inbox), self.settings.ingest_batch_max))
+                ]
+                self.process(batch, stop)
+                stored += len(batch)
+                quiet_since = time.monotonic()
+            elif self.subscriber.left.is_set() and time.monotonic() - quiet_since >= quiet_s:
+                self.subscriber.pump(0.05)  # the last PUBACKs out before the session ends
+                self.subscriber.end_session()
+                self._drop_conn()
+                log.info(
+                    "ingest: worker %s retired; %d held messages stored",
+                    self.settings.ingest_worker_id,
+                    stored,
+                )
+                return stored
+        self.subscriber.stop()
+        self._drop_conn()
+        return None
+
+
+def retire(settings: Settings, stop: threading.Event | None = None) -> int | None:
+    """`carewatch ingest --retire`: see Ingest.retire."""
+    assert settings.database_url and settings.mqtt_url, "resolve the service URLs first"
+    return Ingest(settings, settings.database_url, settings.mqtt_url).retire(stop or threading.Event())
+
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run until `stop` is set; settings must carry resolved URLs (see carewatch.runtime.resolve)."""

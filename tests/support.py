@@ -121,6 +121,18 @@ def start_service(command: str, env: dict[str, str], log_path: Path) -> subproce
     return proc
 
 
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`carewatch <args>` to completion, as an operator runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "carewatch.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
 def stop_process(proc: subprocess.Popen[bytes], *, kill: bool = False, timeout: float = 15) -> None:
     if proc.poll() is not None:
         return

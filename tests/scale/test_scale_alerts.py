@@ -33,6 +33,7 @@ from tests.support import (
     Publisher,
     add_device,
     add_resident,
+    run_cli,
     service_env,
     start_service,
     stop_process,
@@ -278,3 +279,58 @@ def test_killed_worker_residents_are_carried_on_without_a_missed_or_double_call(
         pub.close()
         stop_process(a)
         stop_process(b)
+
+
+def test_retiring_an_engine_worker_id_decides_what_it_held_and_hands_its_share_on(
+    fresh_database_url: str, mqtt_url: str, uid: str
+) -> None:
+    """Scaling down the engine: a stopped worker's telemetry share waits in its session until `carewatch
+    alerts --retire` (same worker id) decides on it and ends the session; then every reading reaches the
+    worker that stays."""
+    url = fresh_database_url
+    n = 40
+    devices = [f"rt{i}-{uid}" for i in range(n)]
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        for i, dev in enumerate(devices):
+            add_device(conn, dev, add_resident(conn, f"Retire {i} {uid}"), report_interval_s=3600)
+    group = f"retire-{uid}"
+    gone, gone_log = _engine(url, mqtt_url, group, f"g{uid}")
+    stays, stays_log = _engine(url, mqtt_url, group, f"s{uid}")
+    pub = Publisher(mqtt_url, f"retire-alerts-pub-{uid}")
+
+    def seen_since(conn: Conn, ts_s: float) -> int:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM engine_state WHERE (state->>'latest_ts')::float8 >= %s", (ts_s,)
+        ).fetchone()
+        return int(row["n"]) if row else 0
+
+    def burst() -> float:
+        ts = time.time()
+        body = json.dumps({"ts": int(ts * 1000), "seq": int(ts), "hr": 72, "worn": True})
+        pub.publish_all([(f"care/v1/{dev}/telemetry", body) for dev in devices])
+        return int(ts * 1000) / 1000
+
+    try:
+        _wait_subscribed([gone_log, stays_log])
+        stop_process(gone, kill=True)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            first = burst()
+            time.sleep(3.0)
+            handled = seen_since(conn, first)
+            held = n - handled
+            assert 0 < handled < n, "the round robin did not split the burst: nothing to retire"
+
+            env = service_env(
+                url, mqtt_url, CAREWATCH_ALERTS_GROUP=group, CAREWATCH_ALERTS_WORKER_ID=f"g{uid}"
+            )
+            done = run_cli(["alerts", "--retire"], env)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"retired: {held} held messages handled" in done.stdout
+            assert seen_since(conn, first) == n
+
+            second = burst()
+            wait_for(lambda: seen_since(conn, second) == n, 20, what="every reading of the second burst")
+    finally:
+        pub.close()
+        stop_process(stays)
+        stop_process(gone)

@@ -27,6 +27,7 @@ from tests.support import (
     add_device,
     add_resident,
     now_ms,
+    run_cli,
     scalar,
     service_env,
     start_service,
@@ -89,6 +90,15 @@ def _messages(uid: str, n: int, first_seq: int) -> list[tuple[str, bytes]]:
     ]
 
 
+def _enrol(url: str, uid: str) -> None:
+    """One resident wearing the DEVICES wristbands that publish, and the probe's."""
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        rid = add_resident(conn, f"Scale {uid}")
+        for d in range(DEVICES):
+            add_device(conn, f"wb{d}-{uid}", rid)
+        add_device(conn, f"wbprobe-{uid}", rid)
+
+
 def _wait_all_consuming(pub: Publisher, workers: list[Worker], uid: str) -> int:
     """Publish distinct probe readings until every worker has stored one: all three are subscribed."""
     sent = 0
@@ -122,11 +132,7 @@ def test_three_workers_share_the_load_and_survive_a_sigkill(
     fresh_database_url: str, mqtt_url: str, uid: str
 ) -> None:
     url = fresh_database_url
-    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        rid = add_resident(conn, f"Scale {uid}")
-        for d in range(DEVICES):
-            add_device(conn, f"wb{d}-{uid}", rid)
-        add_device(conn, f"wbprobe-{uid}", rid)
+    _enrol(url, uid)
     workers = [Worker(url, mqtt_url, uid, i) for i in range(3)]
     pub = Publisher(mqtt_url, f"scale-pub-{uid}")
     try:
@@ -200,6 +206,51 @@ def test_three_workers_share_the_load_and_survive_a_sigkill(
             assert scalar(conn, "SELECT sum(hr_n) FROM vitals_1m") == 2 * N
             assert scalar(conn, "SELECT sum(hr_sum) FROM vitals_1h") == 2 * expected_sum
             assert scalar(conn, "SELECT count(*) FROM dead_letters") == 0
+    finally:
+        pub.close()
+        for w in workers:
+            stop_process(w.proc)
+
+
+def test_retiring_a_worker_id_stores_what_it_held_and_hands_its_share_on(
+    fresh_database_url: str, mqtt_url: str, uid: str
+) -> None:
+    """Scaling down: a stopped worker's session keeps collecting its share until `carewatch ingest
+    --retire` (same worker id) stores what it holds and ends it; the next burst all goes to the others."""
+    url = fresh_database_url
+    n = 6_000
+    _enrol(url, uid)
+    workers = [Worker(url, mqtt_url, uid, i) for i in range(2)]
+    gone, stays = workers
+    pub = Publisher(mqtt_url, f"retire-pub-{uid}")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            _wait_all_consuming(pub, workers, uid)
+            stop_process(gone.proc, kill=True)
+            pub.publish_all(_messages(uid, n, 0))
+            held = n - _settled(conn, quiet_s=2.0, timeout=60)
+            assert held > 0, "the stopped worker's session held nothing: nothing to retire"
+
+            done = run_cli(["ingest", "--retire"], gone.env)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"retired: {held} held messages handled" in done.stdout
+            assert scalar(conn, "SELECT count(*) FROM telemetry WHERE seq < %s", (PROBE_SEQ,)) == n
+
+            # The broker forgot the retired session: the next burst goes to the worker that stays.
+            before = stays.stored()
+            t0 = time.monotonic()
+            pub.publish_all(_messages(uid, n, n))
+            wait_for(
+                lambda: scalar(conn, "SELECT count(*) FROM telemetry WHERE seq < %s", (PROBE_SEQ,)) >= 2 * n,
+                30,
+                interval=0.2,
+                what="the whole second burst stored by the remaining worker",
+            )
+            took = time.monotonic() - t0
+            print(f"\nretired {gone.name}: {held} held messages stored; the next {n} in {took:.1f}s")
+            time.sleep(0.5)
+            assert stays.stored() - before == n
+            assert scalar(conn, "SELECT count(*) FROM telemetry WHERE seq < %s", (PROBE_SEQ,)) == 2 * n
     finally:
         pub.close()
         for w in workers:
