@@ -402,6 +402,11 @@ class Engine:
     def _notifier(self) -> Any:
         """The hotline's default notifier (webhooks), built once."""
         if self._notifier_obj is None:
+            if not self.settings.notify_webhook_url:
+                log.warning(
+                    "CAREWATCH_NOTIFY_WEBHOOK_URL is not set: family and escalation notifications reach only "
+                    "contacts with a webhook of their own; the others are recorded and retried"
+                )
             self._notifier_obj = notify.WebhookNotifier(self.settings.notify_webhook_url)
         return self._notifier_obj
 

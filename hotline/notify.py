@@ -32,6 +32,11 @@ class DeliveryError(Exception):
     """Not delivered; the message says why without echoing the (possibly secret-bearing) URL."""
 
 
+class NoRoute(DeliveryError):
+    """Nowhere to send it (no webhook for the contact, none by default): a setting, not an outage. Still
+    retried, since a webhook may be configured meanwhile, but not worth a warning per attempt."""
+
+
 class WebhookNotifier:
     """POST the payload as JSON to the contact's webhook_url, else to settings.notify_webhook_url."""
 
@@ -42,7 +47,7 @@ class WebhookNotifier:
     def send(self, message: Message) -> None:
         url = message.webhook_url or self.default_url
         if not url:
-            raise DeliveryError("no webhook configured (contacts.webhook_url / notify_webhook_url)")
+            raise NoRoute("no webhook configured (contacts.webhook_url / notify_webhook_url)")
         if not url.startswith(("http://", "https://")):
             raise DeliveryError("webhook URL must be http(s)")
         body = json.dumps(message.payload).encode()

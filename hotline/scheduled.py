@@ -12,7 +12,7 @@ from typing import Any
 
 from carewatch.settings import Settings
 from hotline import lifecycle
-from hotline.notify import Message, Notifier
+from hotline.notify import Message, NoRoute, Notifier
 from hotline.store import AnyConn, fetch_all, json_ready, log_action, notify_supervisors, queue_live
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ def deliver_notifications(conn: AnyConn, notifier: Notifier) -> int:
                                        next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s""",
                     (attempts, state, error, RETRY_BASE_S * 2 ** (attempts - 1), row["id"]),
                 )
-                log.warning(
+                log.log(
+                    logging.INFO if isinstance(exc, NoRoute) else logging.WARNING,
                     "notification %s (call %s) not delivered (attempt %d): %s",
                     row["id"],
                     row["call_id"],

@@ -4,6 +4,7 @@ every call) and with explicit `now` values."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -169,7 +170,7 @@ def test_family_notifications_delivered_once_and_failures_retry(fdb):
     assert scalar(fdb, "SELECT count(*) FROM notifications WHERE state = 'sent'") == 2
 
 
-def test_webhook_notifier_posts_json(fdb):
+def test_webhook_notifier_posts_json(fdb, caplog):
     received: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -204,8 +205,11 @@ def test_webhook_notifier_posts_json(fdb):
             now=at(0),
             answer_target_s=180,
         )
-        # D has its own webhook; E falls back to the default one (here: unset -> delivery fails).
-        assert deliver_notifications(fdb, WebhookNotifier(None, timeout_s=5)) == 1
+        # D has its own webhook; E falls back to the default one (here: unset -> delivery fails, and an
+        # unset webhook is a setting, not an outage: noted, without a warning per attempt).
+        with caplog.at_level(logging.INFO, logger="hotline.scheduled"):
+            assert deliver_notifications(fdb, WebhookNotifier(None, timeout_s=5)) == 1
+        assert [r.levelno for r in caplog.records if "not delivered" in r.message] == [logging.INFO]
         assert len(received) == 1 and received[0]["call"]["priority"] == 2
         assert deliver_notifications(fdb, WebhookNotifier(url, timeout_s=5)) == 0  # E is backing off
         fdb.execute("UPDATE notifications SET next_attempt_at = NULL WHERE state = 'pending'")
