@@ -113,3 +113,41 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
         assert errors == []
     finally:
         ctx.close()
+
+
+def test_family_page_follows_the_call_live(browser: Any, world: Any, sign_in: Any) -> None:
+    """While the relative's call is worked, the open timeline gains each step within seconds (the live
+    feed), not at the page's next minutely refresh."""
+    from hotline import service as hotline
+
+    mine = world.resident("Qian Fang")
+    user = world.user("family", "niece", "Qian Yu")
+    world.link(user, mine)
+    operator = world.user("operator", "op2", "Operator Lin")
+    cid = world.open_call(mine, priority=1, rule="sos", title="SOS button pressed")
+    ctx = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(page, "/family/", user)
+        call = page.locator(f'[data-testid="family-call"][data-call-id="{cid}"]')
+        expect(call).to_have_attribute("data-status", "queued")
+        call.locator("summary").click()
+        expect(call.get_by_test_id("timeline-step")).to_have_count(2)  # alarm, call opened
+        page.wait_for_timeout(500)  # the live feed is connected by now
+
+        with world.connect() as c:
+            row = c.execute("SELECT id FROM users WHERE username = %s", (operator,)).fetchone()
+            op = hotline.Actor(int(row["id"]), operator, "operator")
+            now = datetime.now(UTC)
+            hotline.claim(c, cid, op, now)
+            hotline.dispatch(c, cid, op, now, responder_kind="care_worker", responder_name="Team 3")
+        call = page.locator(f'[data-testid="family-call"][data-call-id="{cid}"]')
+        expect(call.locator('[data-kind="dispatched"]')).to_contain_text(
+            "Help sent (care worker)", timeout=5_000
+        )
+        expect(call).not_to_have_attribute("data-status", "queued")
+        assert errors == []
+    finally:
+        ctx.close()

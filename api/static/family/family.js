@@ -2,14 +2,17 @@
 // each of which opens on what the hotline did (alarm, call taken, help sent, arrived, handed over).
 // The API decides what a family user may see (404 for anyone else's relative); this page only asks.
 
-import { api, ApiError, fill, h, listOf, login, logout, session, whoami } from "/common/api.js";
+import { api, ApiError, fill, h, listOf, live, login, logout, session, whoami } from "/common/api.js";
 import { barChart, lineChart } from "/common/charts.js";
 import { fmtDateTime, fmtSeconds, fmtTime, langButton, t, translatePage } from "/common/i18n.js";
 
 const $ = (sel) => document.querySelector(sel);
 let me = null;
-// Calls whose timeline the reader opened: they stay open (and up to date) through the minutely refresh.
+// Calls whose timeline the reader opened: they stay open (and up to date) through every refresh.
 const openCalls = new Set();
+let feed = null; // the live feed (SSE): the API sends a family user their relatives' call changes only
+let renderSeq = 0;
+let pending = null;
 
 function pick(o, ...keys) {
   for (const k of keys) if (o?.[k] !== undefined && o[k] !== null) return o[k];
@@ -50,9 +53,26 @@ async function render() {
     all.length > 1 || only !== null
       ? h("nav", { class: "tabs-rel" }, h("a", { href: "#" }, "⌂"), ...all.map((id) => h("a", { href: `#resident=${id}` }, `#${id}`)))
       : null;
-  fill(main, ...[nav].filter(Boolean), ...ids.map(() => h("section", { class: "relative" }, "…")));
-  const sections = [...main.querySelectorAll("section.relative")];
+  // Built off screen and swapped in whole: a refresh (a live event, the minutely timer) does not blank the
+  // page, and only the newest of overlapping refreshes may paint.
+  const seq = ++renderSeq;
+  const sections = ids.map(() => h("section", { class: "relative" }, "…"));
+  if (!main.querySelector("section.relative")) fill(main, nav, ...sections);
   await Promise.all(ids.map((id, i) => renderResident(id, sections[i])));
+  if (seq === renderSeq) fill(main, nav, ...sections);
+}
+
+/** Re-read the page when the hotline changes a relative's call: "help sent" shows within a second. */
+function watch() {
+  feed?.close();
+  feed = live(
+    (ev) => {
+      if (ev?.resident_id === null || ev?.resident_id === undefined) return;
+      clearTimeout(pending);
+      pending = setTimeout(() => me && render(), 300);
+    },
+    (state) => state === "revoked" && showLogin(),
+  );
 }
 
 async function renderResident(id, section) {
@@ -222,6 +242,8 @@ export function timelineView(tl) {
 }
 
 function showLogin() {
+  feed?.close();
+  feed = null;
   $("#residents").classList.add("hidden");
   $("#logout").classList.add("hidden");
   $("#login").classList.remove("hidden");
@@ -241,6 +263,7 @@ async function start() {
   $("#logout").classList.remove("hidden");
   document.body.dataset.user = me.username;
   await render();
+  watch();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
