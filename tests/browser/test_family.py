@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +66,39 @@ def test_family_sees_their_relative_only(
         ctx.close()
 
 
+@contextmanager
+def family_phone(browser: Any, sign_in: Any, user: str) -> Iterator[Any]:
+    """A phone-sized page signed in to /family/ as `user`; no page error may occur meanwhile."""
+    ctx = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(page, "/family/", user)
+        yield page
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def operator(world: Any, name: str, display: str) -> Any:
+    """A hotline operator, as the hotline's service functions take one."""
+    from hotline.service import Actor
+
+    username = world.user("operator", name, display)
+    with world.connect() as c:
+        row = c.execute("SELECT id FROM users WHERE username = %s", (username,)).fetchone()
+    return Actor(int(row["id"]), username, "operator")
+
+
+def opened(page: Any, call_id: int, status: str) -> Any:
+    """The call's item on the family page, in `status`, opened on its timeline."""
+    call = page.locator(f'[data-testid="family-call"][data-call-id="{call_id}"]')
+    expect(call).to_have_attribute("data-status", status)
+    call.locator("summary").click()
+    return call
+
+
 def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: Any, shots: Any) -> None:
     """A resolved fall opens on its rescue timeline: the steps in order with their times, no operator
     names and no internal notes; it stays open through the page's periodic refresh."""
@@ -72,12 +107,10 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
     mine = world.resident("Zhao Min")
     user = world.user("family", "son", "Zhao Lei")
     world.link(user, mine)
-    operator = world.user("operator", "op", "Operator Wu")
+    op = operator(world, "op", "Operator Wu")
     cid = world.open_call(mine, priority=1, rule="fall", title="Fall detected", age_s=900)
+    began = datetime.now(UTC) - timedelta(seconds=900)
     with world.connect() as c:
-        row = c.execute("SELECT id FROM users WHERE username = %s", (operator,)).fetchone()
-        op = hotline.Actor(int(row["id"]), operator, "operator")
-        began = datetime.now(UTC) - timedelta(seconds=900)
         hotline.claim(c, cid, op, began + timedelta(seconds=20))
         hotline.add_note(c, cid, op, began + timedelta(seconds=30), "key safe 4711", internal=True)
         sent = hotline.dispatch(
@@ -86,15 +119,8 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
         hotline.arrived(c, cid, sent, op, began + timedelta(seconds=600), handover="hospital")
         hotline.resolve(c, cid, op, began + timedelta(seconds=700), outcome="genuine_emergency", note="ok")
 
-    ctx = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
-    try:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        sign_in(page, "/family/", user)
-        call = page.locator(f'[data-testid="family-call"][data-call-id="{cid}"]')
-        expect(call).to_have_attribute("data-status", "resolved")
-        call.locator("summary").click()
+    with family_phone(browser, sign_in, user) as page:
+        call = opened(page, cid, "resolved")
         steps = call.get_by_test_id("timeline-step")
         kinds = ["alarm", "opened", "claimed", "dispatched", "arrived", "handover", "resolved"]
         expect(steps).to_have_count(len(kinds))
@@ -102,7 +128,7 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
         expect(call.locator('[data-kind="dispatched"]')).to_contain_text("Help sent (ambulance)")
         expect(call.locator('[data-kind="arrived"]')).to_contain_text("+10:00")
         expect(call.locator('[data-kind="handover"]')).to_contain_text("Handed over to hospital")
-        for secret in ("Operator Wu", operator, "Unit 12", "key safe"):
+        for secret in ("Operator Wu", op.username, "Unit 12", "key safe"):
             expect(call).not_to_contain_text(secret)
         page.screenshot(path=str(shots / "family-timeline.png"), full_page=True)
 
@@ -110,9 +136,6 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
         page.evaluate("window.dispatchEvent(new HashChangeEvent('hashchange'))")
         expect(call).to_have_attribute("open", "")
         expect(call.get_by_test_id("timeline-step")).to_have_count(len(kinds))
-        assert errors == []
-    finally:
-        ctx.close()
 
 
 def test_family_page_follows_the_call_live(browser: Any, world: Any, sign_in: Any) -> None:
@@ -123,23 +146,13 @@ def test_family_page_follows_the_call_live(browser: Any, world: Any, sign_in: An
     mine = world.resident("Qian Fang")
     user = world.user("family", "niece", "Qian Yu")
     world.link(user, mine)
-    operator = world.user("operator", "op2", "Operator Lin")
+    op = operator(world, "op2", "Operator Lin")
     cid = world.open_call(mine, priority=1, rule="sos", title="SOS button pressed")
-    ctx = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
-    try:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        sign_in(page, "/family/", user)
-        call = page.locator(f'[data-testid="family-call"][data-call-id="{cid}"]')
-        expect(call).to_have_attribute("data-status", "queued")
-        call.locator("summary").click()
+    with family_phone(browser, sign_in, user) as page:
+        call = opened(page, cid, "queued")
         expect(call.get_by_test_id("timeline-step")).to_have_count(2)  # alarm, call opened
         page.wait_for_timeout(500)  # the live feed is connected by now
-
         with world.connect() as c:
-            row = c.execute("SELECT id FROM users WHERE username = %s", (operator,)).fetchone()
-            op = hotline.Actor(int(row["id"]), operator, "operator")
             now = datetime.now(UTC)
             hotline.claim(c, cid, op, now)
             hotline.dispatch(c, cid, op, now, responder_kind="care_worker", responder_name="Team 3")
@@ -148,6 +161,3 @@ def test_family_page_follows_the_call_live(browser: Any, world: Any, sign_in: An
             "Help sent (care worker)", timeout=5_000
         )
         expect(call).not_to_have_attribute("data-status", "queued")
-        assert errors == []
-    finally:
-        ctx.close()
