@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -309,3 +310,24 @@ def sign_in(api_url: str) -> Any:
         page.get_by_test_id("login-submit").click()
 
     return go
+
+
+@pytest.fixture
+def signed_in(browser: Any, sign_in: Any) -> Any:
+    """`with signed_in(user, path, viewport=..., locale=...) as page:` a new browser context signed in to
+    `path` as `user`; no uncaught page error may occur before the block ends."""
+
+    @contextmanager
+    def open_page(user: str, path: str, **context: Any) -> Iterator[Any]:
+        ctx = browser.new_context(**{"locale": "en-US", **context})
+        try:
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            sign_in(page, path, user)
+            yield page
+            assert errors == []
+        finally:
+            ctx.close()
+
+    return open_page

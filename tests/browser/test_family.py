@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,19 +64,9 @@ def test_family_sees_their_relative_only(
         ctx.close()
 
 
-@contextmanager
-def family_phone(browser: Any, sign_in: Any, user: str) -> Iterator[Any]:
-    """A phone-sized page signed in to /family/ as `user`; no page error may occur meanwhile."""
-    ctx = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
-    try:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        sign_in(page, "/family/", user)
-        yield page
-        assert errors == []
-    finally:
-        ctx.close()
+def family_phone(signed_in: Any, user: str) -> Any:
+    """A phone-sized page signed in to /family/ as `user`."""
+    return signed_in(user, "/family/", viewport=PHONE, is_mobile=True, has_touch=True)
 
 
 def operator(world: Any, name: str, display: str) -> Any:
@@ -99,7 +87,7 @@ def opened(page: Any, call_id: int, status: str) -> Any:
     return call
 
 
-def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: Any, shots: Any) -> None:
+def test_family_reads_what_the_hotline_did(world: Any, signed_in: Any, shots: Any) -> None:
     """A resolved fall opens on its rescue timeline: the steps in order with their times, no operator
     names and no internal notes; it stays open through the page's periodic refresh."""
     from hotline import service as hotline
@@ -119,7 +107,7 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
         hotline.arrived(c, cid, sent, op, began + timedelta(seconds=600), handover="hospital")
         hotline.resolve(c, cid, op, began + timedelta(seconds=700), outcome="genuine_emergency", note="ok")
 
-    with family_phone(browser, sign_in, user) as page:
+    with family_phone(signed_in, user) as page:
         call = opened(page, cid, "resolved")
         steps = call.get_by_test_id("timeline-step")
         kinds = ["alarm", "opened", "claimed", "dispatched", "arrived", "handover", "resolved"]
@@ -138,7 +126,7 @@ def test_family_reads_what_the_hotline_did(browser: Any, world: Any, sign_in: An
         expect(call.get_by_test_id("timeline-step")).to_have_count(len(kinds))
 
 
-def test_family_page_follows_the_call_live(browser: Any, world: Any, sign_in: Any) -> None:
+def test_family_page_follows_the_call_live(world: Any, signed_in: Any) -> None:
     """While the relative's call is worked, the open timeline gains each step within seconds (the live
     feed), not at the page's next minutely refresh."""
     from hotline import service as hotline
@@ -148,7 +136,7 @@ def test_family_page_follows_the_call_live(browser: Any, world: Any, sign_in: An
     world.link(user, mine)
     op = operator(world, "op2", "Operator Lin")
     cid = world.open_call(mine, priority=1, rule="sos", title="SOS button pressed")
-    with family_phone(browser, sign_in, user) as page:
+    with family_phone(signed_in, user) as page:
         call = opened(page, cid, "queued")
         expect(call.get_by_test_id("timeline-step")).to_have_count(2)  # alarm, call opened
         page.wait_for_timeout(500)  # the live feed is connected by now

@@ -3,6 +3,7 @@
 // database says. Providers' workers act through operator accounts (there is no provider role).
 
 import { api, ApiError, fill, h, login, logout, session, whoami } from "/common/api.js";
+import { currentLang, langButton, t, translatePage } from "/common/i18n.js";
 
 const CATEGORIES = ["meal_delivery", "cleaning", "bathing", "hospital_escort", "repairs", "shopping", "chat", "other"];
 // welfare.lifecycle.ORDER_TRANSITIONS: the actions each order status allows
@@ -12,16 +13,21 @@ const ACTIONS = {
   worker_assigned: ["check_in", "assign_worker", "cancel"],
   checked_in: ["check_out"],
 };
-const LABEL = {
-  accept: "Accept", decline: "Decline", assign_worker: "Assign worker", check_in: "Check in",
-  check_out: "Check out", cancel: "Cancel order",
-};
 
 const $ = (sel) => document.querySelector(sel);
 const state = { me: null, tab: "requests", providers: [], residents: [] };
 
-const fmt = (ts) => (ts ? new Date(ts).toLocaleString("en-GB", { dateStyle: "short", timeStyle: "short" }) : "—");
+const fmt = (ts) =>
+  ts ? new Date(ts).toLocaleString(currentLang() === "zh-CN" ? "zh-CN" : "en-GB", { dateStyle: "short", timeStyle: "short" }) : "—";
 const words = (s) => String(s ?? "").replaceAll("_", " ");
+/** An API word (status, category, action, column...) in the reader's language; English is the word itself. */
+const tr = (s) => {
+  const key = `w_${s}`;
+  const found = t(key);
+  return found === key ? words(s) : found;
+};
+/** A message with {placeholders} filled in. */
+const msg = (key, vars = {}) => t(key).replace(/\{(\w+)\}/g, (_m, k) => String(vars[k] ?? ""));
 
 function flash(text, error = false) {
   const el = $("#flash");
@@ -46,7 +52,7 @@ function orderCell(r) {
   return h(
     "span",
     {},
-    h("span", { class: "badge", testid: "order-status" }, words(r.order_status)),
+    h("span", { class: "badge", testid: "order-status" }, tr(r.order_status)),
     " ",
     r.org_name || "",
     r.worker_name ? ` · ${r.worker_name}` : "",
@@ -68,16 +74,16 @@ function actionsCell(r) {
         type: "button", testid: "assign", class: "primary",
         onclick: () => guarded(async () => {
           await api("POST", `/welfare/requests/${r.id}/assign`, { org_id: Number(pick.value) });
-          flash(`Request ${r.id} assigned`);
+          flash(msg("w_msg_assigned", { id: r.id }));
           await loadRequests();
         }),
-      }, "Assign"),
+      }, t("w_assign")),
     );
   }
   for (const action of (r.status === "assigned" && ACTIONS[r.order_status]) || []) {
     let worker = null;
     if (action === "assign_worker") {
-      worker = h("input", { placeholder: "worker name", testid: "worker-name", maxlength: 200 });
+      worker = h("input", { placeholder: t("w_worker_name"), testid: "worker-name", maxlength: 200 });
       cell.append(worker);
     }
     cell.append(
@@ -87,10 +93,10 @@ function actionsCell(r) {
           const body = { action };
           if (worker) body.worker_name = worker.value;
           await api("POST", `/welfare/orders/${r.order_id}/actions`, body);
-          flash(`Order ${r.order_id}: ${words(action)}`);
+          flash(msg("w_msg_order", { id: r.order_id, action: tr(action) }));
           await loadRequests();
         }),
-      }, LABEL[action]),
+      }, t(`w_act_${action}`)),
     );
   }
   return cell;
@@ -107,26 +113,26 @@ async function loadRequests() {
         { testid: "request-row", "data-request-id": r.id, "data-status": r.status },
         h("td", {}, String(r.id)),
         h("td", {}, r.resident_name, h("div", { class: "muted" }, r.district || "")),
-        h("td", {}, words(r.category), h("div", { class: "muted" }, r.source === "device" ? "from device" : r.notes || "")),
+        h("td", {}, tr(r.category), h("div", { class: "muted" }, r.source === "device" ? t("w_from_device") : r.notes || "")),
         h("td", {}, fmt(r.wanted_at)),
         h(
           "td",
           {},
-          h("span", { class: `badge ${r.status === "done" ? "done" : ""}`, testid: "request-status" }, words(r.status)),
-          r.overdue ? h("span", { class: "badge overdue", testid: "overdue" }, words(r.overdue)) : null,
+          h("span", { class: `badge ${r.status === "done" ? "done" : ""}`, testid: "request-status" }, tr(r.status)),
+          r.overdue ? h("span", { class: "badge overdue", testid: "overdue" }, tr(r.overdue)) : null,
         ),
         h("td", {}, orderCell(r)),
         h("td", {}, actionsCell(r)),
       ),
     ),
   );
-  if (!rows.length) fill($("#requests"), h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No open requests")));
+  if (!rows.length) fill($("#requests"), h("tr", {}, h("td", { colspan: 7, class: "muted" }, t("w_no_requests"))));
 }
 
 async function loadForm() {
   [state.providers, state.residents] = await Promise.all([api("GET", "/welfare/providers"), api("GET", "/residents")]);
   fill($("[data-testid=req-resident]"), state.residents.map((r) => h("option", { value: r.id }, `${r.name} (#${r.id})`)));
-  fill($("[data-testid=req-category]"), CATEGORIES.map((c) => h("option", { value: c }, words(c))));
+  fill($("[data-testid=req-category]"), CATEGORIES.map((c) => h("option", { value: c }, tr(c))));
   const wanted = new Date(Date.now() + 3600_000);
   wanted.setSeconds(0, 0);
   $("[data-testid=req-wanted]").value = new Date(wanted - wanted.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
@@ -139,18 +145,18 @@ async function loadVisits() {
   fill(
     $("#visits"),
     rows.map((v) => {
-      const worker = h("input", { placeholder: "worker", testid: "visit-worker", maxlength: 200 });
-      const findings = h("input", { placeholder: "findings", testid: "visit-findings", maxlength: 4000 });
-      const follow = h("input", { placeholder: "follow-ups", testid: "visit-followups", maxlength: 4000 });
+      const worker = h("input", { placeholder: t("w_worker"), testid: "visit-worker", maxlength: 200 });
+      const findings = h("input", { placeholder: t("w_findings"), testid: "visit-findings", maxlength: 4000 });
+      const follow = h("input", { placeholder: t("w_followups"), testid: "visit-followups", maxlength: 4000 });
       return h(
         "tr",
         { testid: "visit-row", "data-visit-id": v.id, "data-resident-id": v.resident_id },
         h("td", {}, String(v.id)),
         h("td", {}, v.resident_name),
         h("td", {}, v.district || ""),
-        h("td", {}, v.tier),
-        h("td", {}, v.kind),
-        h("td", {}, fmt(v.due_at), v.overdue ? h("span", { class: "badge overdue", testid: "overdue" }, "overdue") : null),
+        h("td", {}, tr(v.tier)),
+        h("td", {}, tr(v.kind)),
+        h("td", {}, fmt(v.due_at), v.overdue ? h("span", { class: "badge overdue", testid: "overdue" }, t("overdue")) : null),
         h(
           "td",
           {},
@@ -161,15 +167,15 @@ async function loadVisits() {
                 await api("POST", `/welfare/visits/${v.id}/record`, {
                   worker: worker.value, findings: findings.value, follow_ups: follow.value,
                 });
-                flash(`Visit ${v.id} recorded`);
+                flash(msg("w_msg_visit", { id: v.id }));
                 await loadVisits();
               }),
-            }, "Record")),
+            }, t("w_record"))),
         ),
       );
     }),
   );
-  if (!rows.length) fill($("#visits"), h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No visits due")));
+  if (!rows.length) fill($("#visits"), h("tr", {}, h("td", { colspan: 7, class: "muted" }, t("w_no_visits"))));
 }
 
 // ---------------------------------------------------------------- rescue timeline
@@ -177,12 +183,12 @@ async function loadVisits() {
 async function showTimeline(callId) {
   const tl = await api("GET", `/welfare/calls/${callId}/timeline`);
   const d = tl.durations_s;
-  const mins = (s) => (s === null || s === undefined ? "—" : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
+  const mins = (s) => (s === null || s === undefined ? "—" : msg("w_min_s", { m: Math.floor(s / 60), s: Math.round(s % 60) }));
   fill(
     $("#timeline"),
     h("p", { testid: "timeline-summary" },
-      `Call ${tl.call_id} · P${tl.priority} · ${words(tl.status)} · claimed after ${mins(d.to_claim)} · ` +
-        `on site after ${mins(d.to_arrival)}${tl.handover ? ` · ${words(tl.handover)}` : ""}`),
+      `${msg("w_call_n", { id: tl.call_id })} · P${tl.priority} · ${tr(tl.status)} · ${msg("w_claimed_after", { t: mins(d.to_claim) })} · ` +
+        `${msg("w_on_site_after", { t: mins(d.to_arrival) })}${tl.handover ? ` · ${tr(tl.handover)}` : ""}`),
     h(
       "ol",
       { class: "timeline" },
@@ -191,9 +197,10 @@ async function showTimeline(callId) {
           "li",
           { testid: "timeline-step", "data-kind": s.kind },
           h("span", {}, fmt(s.at)),
-          h("strong", {}, words(s.kind)),
-          h("span", {}, [s.responder_kind, s.responder_name, s.label, s.outcome && words(s.outcome), s.note, s.by && `by ${s.by}`]
-            .filter(Boolean).map(words).join(" · ")),
+          h("strong", {}, tr(s.kind)),
+          h("span", {}, [s.responder_kind && tr(s.responder_kind), s.responder_name, s.handover ? tr(s.handover) : s.label,
+            s.outcome && tr(s.outcome), s.note, s.by && msg("w_by", { who: s.by })]
+            .filter(Boolean).join(" · ")),
         ),
       ),
     ),
@@ -206,7 +213,7 @@ function table(testid, rows, cols) {
   return h(
     "table",
     { testid },
-    h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, words(c))))),
+    h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, tr(c))))),
     h("tbody", {}, rows.map((r) => h("tr", {}, cols.map((c) => h("td", {}, r[c] === null || r[c] === undefined ? "—" : String(r[c])))))),
   );
 }
@@ -223,17 +230,17 @@ async function loadSupervision() {
   const s = await api("GET", `/welfare/supervision?${supQuery()}`);
   fill(
     $("#sup"),
-    h("div", { class: "card" }, h("h3", {}, "Per day and district"),
+    h("div", { class: "card" }, h("h3", {}, t("w_sup_daily")),
       table("sup-daily", s.daily, ["day", "district", "calls", "calls_in_target", "service_orders", "visits"])),
-    h("div", { class: "card" }, h("h3", {}, "Answer times against targets"),
+    h("div", { class: "card" }, h("h3", {}, t("w_sup_answer")),
       table("sup-answer", s.answer_times, ["priority", "target_s", "calls", "in_target", "in_target_rate", "median_answer_s"])),
-    h("div", { class: "card" }, h("h3", {}, "Providers"),
+    h("div", { class: "card" }, h("h3", {}, t("w_sup_providers")),
       table("sup-providers", s.providers, ["org", "orders", "completed", "declined", "on_time_rate", "avg_rating"])),
-    h("div", { class: "card" }, h("h3", {}, "Visit rate per tier and district"),
+    h("div", { class: "card" }, h("h3", {}, t("w_sup_visits")),
       table("sup-visits", s.visit_rates, ["tier", "district", "residents", "visited", "rate"])),
-    h("div", { class: "card" }, h("h3", {}, "Overdue"),
+    h("div", { class: "card" }, h("h3", {}, t("w_sup_overdue")),
       h("p", { testid: "sup-overdue" },
-        `${s.overdue.requests.length} service requests, ${s.overdue.visits.length} visits overdue`)),
+        msg("w_overdue_counts", { r: s.overdue.requests.length, v: s.overdue.visits.length }))),
   );
 }
 
@@ -273,7 +280,7 @@ function showLogin() {
 async function start() {
   state.me = await whoami();
   if (state.me.role === "family") {
-    flash("This page is for staff; families see their relative on the family page.", true);
+    flash(t("w_staff_only"), true);
     return;
   }
   $("#login").classList.add("hidden");
@@ -324,7 +331,7 @@ function wire() {
         wanted_at: new Date(f.wanted_at.value).toISOString(),
         notes: f.notes.value,
       });
-      flash(`Request ${r.id} opened`);
+      flash(msg("w_msg_opened", { id: r.id }));
       f.notes.value = "";
       await loadRequests();
     });
@@ -334,7 +341,7 @@ function wire() {
     const f = ev.target;
     guarded(async () => {
       const p = await api("POST", "/welfare/providers", { name: f.name.value, district: f.district.value });
-      flash(`Provider ${p.name} added`);
+      flash(msg("w_msg_provider", { name: p.name }));
       f.reset();
       await loadForm();
       await loadRequests();
@@ -343,7 +350,7 @@ function wire() {
   $("#schedule").addEventListener("click", () =>
     guarded(async () => {
       const r = await api("POST", "/welfare/visits/schedule");
-      $("#schedule-result").textContent = `${r.created} visits scheduled`;
+      $("#schedule-result").textContent = msg("w_msg_scheduled", { n: r.created });
       await loadVisits();
     }),
   );
@@ -359,5 +366,12 @@ function wire() {
 }
 
 wire();
+translatePage();
+$("#lang-slot").append(
+  langButton(() => {
+    translatePage();
+    if (state.me) switchTab(state.tab);
+  }),
+);
 if (session()) guarded(start);
 else showLogin();
