@@ -353,27 +353,46 @@ class Engine:
         sub.leave()
         handled = 0
         quiet_since = time.monotonic()
-        with connect(self.url, autocommit=True, application_name="carewatch-alerts-retire") as conn:
-            while not self.stop.is_set():
+        conn: psycopg.Connection[Any] | None = None
+        while not self.stop.is_set():
+            try:
+                batch = [self.telemetry_q.get(timeout=0.1)]
+            except queue.Empty:
+                if sub.left.is_set() and time.monotonic() - quiet_since >= quiet_s:
+                    sub.end_session()
+                    if conn is not None:
+                        conn.close()
+                    log.info(
+                        "alerts: worker %s retired; %d held messages handled",
+                        self.settings.alerts_worker_id,
+                        handled,
+                    )
+                    return handled
+                continue
+            while len(batch) < TELEMETRY_BATCH_MAX and not self.telemetry_q.empty():
+                batch.append(self.telemetry_q.get_nowait())
+            while (
+                not self.stop.is_set()
+            ):  # a database outage delays the retirement; nothing is acked meanwhile
                 try:
-                    batch = [self.telemetry_q.get(timeout=0.1)]
-                except queue.Empty:
-                    if sub.left.is_set() and time.monotonic() - quiet_since >= quiet_s:
-                        sub.end_session()
-                        log.info(
-                            "alerts: worker %s retired; %d held messages handled",
-                            self.settings.alerts_worker_id,
-                            handled,
-                        )
-                        return handled
-                    continue
-                while len(batch) < TELEMETRY_BATCH_MAX and not self.telemetry_q.empty():
-                    batch.append(self.telemetry_q.get_nowait())
-                self._process_isolating(conn, batch)
-                sub.ack_all(batch)
-                handled += len(batch)
-                quiet_since = time.monotonic()
+                    if conn is None or conn.closed:
+                        conn = connect(self.url, autocommit=True, application_name="carewatch-alerts-retire")
+                    self._process_isolating(conn, batch)
+                    break
+                except psycopg.OperationalError as exc:
+                    log.warning("alerts retire: database unavailable (%s); retrying", type(exc).__name__)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    self.stop.wait(1.0)
+            else:
+                break
+            sub.ack_all(batch)
+            handled += len(batch)
+            quiet_since = time.monotonic()
         sub.stop()
+        if conn is not None:
+            conn.close()
         return None
 
     # --- timers -------------------------------------------------------------------------------
