@@ -263,6 +263,7 @@ class Subscriber:
         self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = lambda _c, _u, msg: on_message(msg)
         self.left = threading.Event()
+        self._closing = False
 
     def _on_connect(
         self,
@@ -320,6 +321,7 @@ class Subscriber:
         """Disconnect with session expiry 0: the broker deletes the session (call after every ack)."""
         props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
+        self._closing = True
         self.client.disconnect(properties=props)
         if self.client._thread is not None:
             self.client.loop_stop()
@@ -336,6 +338,9 @@ class Subscriber:
     ) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        if self._closing:  # our own stop or retirement: nothing to reconnect, nothing to warn about
+            log.info("mqtt %s: disconnected", self.target.redacted())
+            return
         log.warning("mqtt %s: disconnected (%s); paho reconnects", self.target.redacted(), reason)
 
     def start(self) -> None:
@@ -400,6 +405,7 @@ class Subscriber:
             self.client._packet_queue(PUBACK, bytes(puback), 0, 0)
 
     def stop(self) -> None:
+        self._closing = True
         self.client.disconnect()
         if self.client._thread is not None:
             self.client.loop_stop()
