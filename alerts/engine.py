@@ -274,12 +274,17 @@ class Engine:
         wait_s: float,
         *,
         pumped: bool = False,
-    ) -> None:
+        quiet_s: float | None = None,
+    ) -> int | None:
         """Decide, commit, then ack. `pumped`: this thread also runs `sub`'s network loop (single-threaded,
-        the events path: no hand-off between threads, each of which is a wake-up on a busy machine)."""
+        the events path: no hand-off between threads, each of which is a wake-up on a busy machine).
+        `quiet_s` (retiring a worker id): return how many messages were acked once `sub` has left its
+        group and nothing has arrived for that long. None when stopped."""
         conn: psycopg.Connection[Any] | None = None
         pending: list[mqtt.MQTTMessage] = []
         backoff = 0.1
+        handled = 0
+        quiet_since = time.monotonic()
         if pumped:
             sub.connect()
         while not self.stop.is_set():
@@ -294,6 +299,12 @@ class Engine:
                     try:
                         pending.append(q.get(timeout=0.2))
                     except queue.Empty:
+                        if (
+                            quiet_s is not None
+                            and sub.left.is_set()
+                            and time.monotonic() - quiet_since >= quiet_s
+                        ):
+                            break
                         continue
                     deadline = time.monotonic() + wait_s
                     while len(pending) < batch_max:
@@ -320,10 +331,13 @@ class Engine:
                 backoff = min(backoff * 2, 5.0)
                 continue  # nothing acked: retry the same messages
             sub.ack_all(pending)
+            handled += len(pending)
+            quiet_since = time.monotonic()
             pending = []
             backoff = 0.1
         if conn is not None:
             conn.close()
+        return None if self.stop.is_set() else handled
 
     def _process_isolating(self, conn: psycopg.Connection[Any], batch: list[mqtt.MQTTMessage]) -> None:
         """A message whose content the database refuses must not stall the stream: split to find it."""
@@ -351,49 +365,17 @@ class Engine:
             sub.stop()
             return None
         sub.leave()
-        handled = 0
-        quiet_since = time.monotonic()
-        conn: psycopg.Connection[Any] | None = None
-        while not self.stop.is_set():
-            try:
-                batch = [self.telemetry_q.get(timeout=0.1)]
-            except queue.Empty:
-                if sub.left.is_set() and time.monotonic() - quiet_since >= quiet_s:
-                    sub.end_session()
-                    if conn is not None:
-                        conn.close()
-                    log.info(
-                        "alerts: worker %s retired; %d held messages handled",
-                        self.settings.alerts_worker_id,
-                        handled,
-                    )
-                    return handled
-                continue
-            while len(batch) < TELEMETRY_BATCH_MAX and not self.telemetry_q.empty():
-                batch.append(self.telemetry_q.get_nowait())
-            while (
-                not self.stop.is_set()
-            ):  # a database outage delays the retirement; nothing is acked meanwhile
-                try:
-                    if conn is None or conn.closed:
-                        conn = connect(self.url, autocommit=True, application_name="carewatch-alerts-retire")
-                    self._process_isolating(conn, batch)
-                    break
-                except psycopg.OperationalError as exc:
-                    log.warning("alerts retire: database unavailable (%s); retrying", type(exc).__name__)
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                    self.stop.wait(1.0)
-            else:
-                break
-            sub.ack_all(batch)
-            handled += len(batch)
-            quiet_since = time.monotonic()
-        sub.stop()
-        if conn is not None:
-            conn.close()
-        return None
+        handled = self._consume(
+            "retire", self.telemetry_q, sub, TELEMETRY_BATCH_MAX, TELEMETRY_BATCH_WAIT_S, quiet_s=quiet_s
+        )
+        if handled is None:
+            sub.stop()
+            return None
+        sub.stop(end_session=True)
+        log.info(
+            "alerts: worker %s retired; %d held messages handled", self.settings.alerts_worker_id, handled
+        )
+        return handled
 
     # --- timers -------------------------------------------------------------------------------
     def run_timers(self, conn: psycopg.Connection[Any], now: datetime) -> int:

@@ -317,17 +317,6 @@ class Subscriber:
             log.warning("mqtt: unsubscribe answered with %s", ", ".join(failed))
         self.left.set()
 
-    def end_session(self) -> None:
-        """Disconnect with session expiry 0: the broker deletes the session (call after every ack)."""
-        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
-        self._closing = True
-        self.client.disconnect(properties=props)
-        if self.client._thread is not None:
-            self.client.loop_stop()
-        else:
-            self.client.loop(0.1)
-
     def _on_disconnect(
         self,
         client: mqtt.Client,
@@ -404,9 +393,15 @@ class Subscriber:
         if puback:
             self.client._packet_queue(PUBACK, bytes(puback), 0, 0)
 
-    def stop(self) -> None:
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect. `end_session` (retiring a worker id, after every ack): with session expiry 0, so
+        the broker deletes the session instead of collecting this worker's share for it."""
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
         self._closing = True
-        self.client.disconnect()
+        self.client.disconnect(properties=props)
         if self.client._thread is not None:
             self.client.loop_stop()
         else:

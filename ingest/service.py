@@ -285,7 +285,7 @@ class Ingest:
                 quiet_since = time.monotonic()
             elif self.subscriber.left.is_set() and time.monotonic() - quiet_since >= quiet_s:
                 self.subscriber.pump(0.05)  # the last PUBACKs out before the session ends
-                self.subscriber.end_session()
+                self.subscriber.stop(end_session=True)
                 self._drop_conn()
                 log.info(
                     "ingest: worker %s retired; %d held messages stored",
