@@ -406,9 +406,7 @@ const STRINGS = {
     w_monthly: "每月",
     w_scheduled: "计划内",
     w_unscheduled: "计划外",
-    w_queued: "排队中",
     w_claimed: "已接听",
-    w_in_progress: "处理中",
     w_resolved: "已结案",
     w_alarm: "报警",
     w_opened: "热线受理",
@@ -419,16 +417,6 @@ const STRINGS = {
     w_hospital: "送医院",
     w_family: "家属",
     w_resolved_at_home: "居家处置完毕",
-    w_ambulance: "救护车",
-    w_care_worker: "护理员",
-    w_property_manager: "物业",
-    w_police: "警察",
-    w_genuine_emergency: "真实紧急情况",
-    w_resident_ok: "老人无恙",
-    w_false_alarm: "误报",
-    w_no_answer_help_sent: "无人应答，已派救助",
-    w_technical_fault: "设备故障",
-    w_cancelled_by_wearer: "佩戴者取消",
     w_day: "日期",
     w_calls: "呼叫",
     w_calls_in_target: "达标呼叫",
@@ -464,6 +452,11 @@ export function setLang(lang) {
 export function t(key) {
   const lang = currentLang();
   return STRINGS[lang][key] ?? STRINGS.en[key] ?? key;
+}
+
+/** A dispatch's responder kind ("family" has its own key: "family" is also the page's name). */
+export function responderKind(kind) {
+  return t(kind === "family" ? "family_kind" : kind);
 }
 
 /** Fill every [data-i18n] and [data-i18n-ph] element; pages call this after a switch. */

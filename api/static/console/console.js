@@ -4,7 +4,7 @@
 
 import { api, ApiError, ageFrom, fill, h, listOf, live, login, logout, session, whoami } from "/common/api.js";
 import { barChart, lineChart, timeline, trailPlot } from "/common/charts.js";
-import { fmtDateTime, fmtSeconds, fmtTime, langButton, t, translatePage } from "/common/i18n.js";
+import { fmtDateTime, fmtSeconds, fmtTime, langButton, responderKind, t, translatePage } from "/common/i18n.js";
 
 const DISPATCH_KINDS = ["ambulance", "care_worker", "family", "property_manager", "police", "other"];
 // hotline.lifecycle.OUTCOMES
@@ -272,7 +272,7 @@ function renderCall() {
     h("button", { type: "submit", testid: "note-submit", disabled: !open }, t("note")),
   );
 
-  const kind = h("select", { name: "responder_kind", testid: "dispatch-kind" }, ...DISPATCH_KINDS.map((k) => h("option", { value: k }, t(k === "family" ? "family_kind" : k))));
+  const kind = h("select", { name: "responder_kind", testid: "dispatch-kind" }, ...DISPATCH_KINDS.map((k) => h("option", { value: k }, responderKind(k))));
   const rname = h("input", { name: "responder_name", testid: "dispatch-name", placeholder: t("responder_name"), size: 16 });
   const dispatchForm = h(
     "form",
@@ -351,7 +351,7 @@ function renderCall() {
               h(
                 "li",
                 { testid: "dispatch", "data-arrived": d.arrived_at ? "yes" : "no" },
-                h("b", {}, t(d.responder_kind === "family" ? "family_kind" : d.responder_kind)),
+                h("b", {}, responderKind(d.responder_kind)),
                 ` ${d.responder_name || ""} · ${fmtTime(d.sent_at)} `,
                 d.arrived_at
                   ? h("span", { class: "badge" }, `${t("arrived")} ${fmtTime(d.arrived_at)}`)

@@ -4,7 +4,7 @@
 
 import { api, ApiError, fill, h, listOf, live, login, logout, session, whoami } from "/common/api.js";
 import { barChart, lineChart } from "/common/charts.js";
-import { fmtDateTime, fmtSeconds, fmtTime, langButton, t, translatePage } from "/common/i18n.js";
+import { fmtDateTime, fmtSeconds, fmtTime, langButton, responderKind, t, translatePage } from "/common/i18n.js";
 
 const $ = (sel) => document.querySelector(sel);
 let me = null;
@@ -209,7 +209,7 @@ function stepLabel(s) {
   if (s.kind === "handover") return t(`ho_${s.handover}`);
   const label = t(`tl_${s.kind}`);
   if (s.kind === "dispatched" || s.kind === "arrived") {
-    return `${label} (${t(s.responder_kind === "family" ? "family_kind" : s.responder_kind)})`;
+    return `${label} (${responderKind(s.responder_kind)})`;
   }
   return label;
 }

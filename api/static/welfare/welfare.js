@@ -3,7 +3,7 @@
 // database says. Providers' workers act through operator accounts (there is no provider role).
 
 import { api, ApiError, fill, h, login, logout, session, whoami } from "/common/api.js";
-import { currentLang, langButton, t, translatePage } from "/common/i18n.js";
+import { currentLang, langButton, responderKind, t, translatePage } from "/common/i18n.js";
 
 const CATEGORIES = ["meal_delivery", "cleaning", "bathing", "hospital_escort", "repairs", "shopping", "chat", "other"];
 // welfare.lifecycle.ORDER_TRANSITIONS: the actions each order status allows
@@ -187,7 +187,7 @@ async function showTimeline(callId) {
   fill(
     $("#timeline"),
     h("p", { testid: "timeline-summary" },
-      `${msg("w_call_n", { id: tl.call_id })} · P${tl.priority} · ${tr(tl.status)} · ${msg("w_claimed_after", { t: mins(d.to_claim) })} · ` +
+      `${msg("w_call_n", { id: tl.call_id })} · P${tl.priority} · ${t(`status_${tl.status}`)} · ${msg("w_claimed_after", { t: mins(d.to_claim) })} · ` +
         `${msg("w_on_site_after", { t: mins(d.to_arrival) })}${tl.handover ? ` · ${tr(tl.handover)}` : ""}`),
     h(
       "ol",
@@ -198,8 +198,8 @@ async function showTimeline(callId) {
           { testid: "timeline-step", "data-kind": s.kind },
           h("span", {}, fmt(s.at)),
           h("strong", {}, tr(s.kind)),
-          h("span", {}, [s.responder_kind && tr(s.responder_kind), s.responder_name, s.handover ? tr(s.handover) : s.label,
-            s.outcome && tr(s.outcome), s.note, s.by && msg("w_by", { who: s.by })]
+          h("span", {}, [s.responder_kind && responderKind(s.responder_kind), s.responder_name, s.handover ? tr(s.handover) : s.label,
+            s.outcome && t(`oc_${s.outcome}`), s.note, s.by && msg("w_by", { who: s.by })]
             .filter(Boolean).join(" · ")),
         ),
       ),
